@@ -49,5 +49,13 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     return out["state"], out["meta"]
 
+  def restore_untyped(self, step: int | None = None) -> tuple[Any, dict]:
+    """(state as nested dicts of arrays, meta) of `step` (default: latest), without a
+    template: for inspection and export, not for resuming."""
+    step = self._mngr.latest_step() if step is None else step
+    out = self._mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+    return out["state"], out["meta"]
+
   def close(self) -> None:
     self._mngr.close()

@@ -43,7 +43,7 @@ def normalize(x_BxD: jnp.ndarray, method: str, scale: float = 1.0) -> jnp.ndarra
   """
   if method == "unit_norm":
     x_BxD = x_BxD - jnp.mean(x_BxD, axis=-1, keepdims=True)
-    return x_BxD / jnp.maximum(jnp.linalg.norm(x_BxD, axis=-1, keepdims=True), 1e-12)
+    return x_BxD / jnp.maximum(jnp.linalg.norm(x_BxD, axis=-1, keepdims=True), 1e-6)
   if method == "mean_norm":
     return x_BxD * scale
   if method == "none":

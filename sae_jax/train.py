@@ -30,8 +30,9 @@ from sae_jax import checkpoint, config as config_lib, data, flops, optimizer, to
 from sae_jax.geometric_median import geometric_median
 
 
-class TrainingDivergedError(RuntimeError):
-  """The loss became NaN or inf; the message names the step and the last good checkpoint."""
+class TrainingDivergedError(config_lib.ConfigError):
+  """The loss became NaN or inf; the message names the step and the last good checkpoint
+  (a user-facing error: lower train.lr or check the activations)."""
 
 
 @flax.struct.dataclass

@@ -1,0 +1,126 @@
+"""`sae-jax`: harvest activations, train one SAE, run a sweep, fit scaling laws.
+
+    sae-jax harvest [--sweep FILE] [--set data.layer=10 ...]
+    sae-jax train   [--sweep FILE] [--set sae.n_latents=4096 sae.k=32 ...]
+    sae-jax sweep   FILE [--set ...] [--no-fit]
+    sae-jax fit     RESULTS [--out DIR] [--filter k=32 ...]
+
+Every error a user can fix is printed as one line (`sae-jax: error: ...`), exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from sae_jax import config as config_lib, overrides as overrides_lib
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--sweep", metavar="FILE",
+                 help="take the base config of this sweep file (default: sae_jax.config defaults)")
+  p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                 help="override config fields, e.g. --set sae.k=16 data.layer=10 data.corpus=my.txt")
+
+
+def _config(args) -> "config_lib.ml_collections.ConfigDict":
+  if args.sweep:
+    from sweeps import launch
+    base, _ = launch.load_sweep(args.sweep)
+  else:
+    base = config_lib.default_config()
+  return overrides_lib.apply(base, overrides_lib.parse(args.set))
+
+
+def _harvest(args) -> None:
+  from sae_jax import activations
+  cfg = _config(args)
+  config_lib.validate(cfg)
+  cache = activations.get_or_harvest(cfg)
+  m = cache.meta
+  print(f"{cache.path}\n  model {m['model']} layer {m['layer']} d_in {cache.d_in}: "
+        f"{cache.n_tokens('train'):,} train + {cache.n_tokens('eval'):,} eval tokens")
+
+
+def _train(args) -> None:
+  from sae_jax import activations, train
+  from sweeps import launch
+  cfg = _config(args)
+  config_lib.resolve(cfg)
+  out = os.path.join(cfg.out_dir, cfg.name)
+  launch.check_writable(out)
+  cache = activations.get_or_harvest(cfg)
+  resolved = config_lib.resolve(cfg, cache.d_in)
+  point = {"sae.n_latents": resolved.sae.n_latents, "sae.k": resolved.sae.k}
+  rid = launch.run_id(point, resolved)
+  run_dir = os.path.join(out, rid)
+  records = train.train(resolved, cache, run_dir,
+                        {"sweep": cfg.name, "run_id": rid, "model": cache.meta["model"],
+                         "layer": cache.meta["layer"]})
+  launch.write_json_atomic(os.path.join(run_dir, "records.json"), records)
+  last = records[-1]
+  print(f"{run_dir}: normalized MSE {last['normalized_mse']:.4f}, L0 {last['l0']:.1f}, "
+        f"dead {last['dead_fraction']:.3f} after {last['tokens']:,} tokens")
+
+
+def _sweep(args) -> None:
+  from sweeps import launch
+  launch.run_sweep(args.file, overrides_lib.parse(args.set), fit=not args.no_fit)
+
+
+def _fit(args) -> None:
+  from analysis import report
+  report.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="sae-jax", description="Sparse autoencoders on language-model activations, "
+      "and their scaling laws.")
+  sub = parser.add_subparsers(dest="command", required=True)
+
+  p = sub.add_parser("harvest", help="harvest (or reuse) an activation cache",
+                     description="Run the LM over the corpus and cache the residual stream at "
+                     "data.layer. Same settings reuse the cache; a half-written one is completed.")
+  _add_config_args(p)
+  p.set_defaults(fn=_harvest)
+
+  p = sub.add_parser("train", help="train one SAE",
+                     description="Train one TopK SAE (Gao et al. 2024) on the cached "
+                     "activations; resumes from its last checkpoint under out_dir/name/.")
+  _add_config_args(p)
+  p.set_defaults(fn=_train)
+
+  p = sub.add_parser("sweep", help="run a sweep file end to end",
+                     description="Harvest, train every point (finished ones are skipped), "
+                     "write out_dir/<name>/results.jsonl, fit the scaling laws and plot.")
+  p.add_argument("file", help="sweep file, e.g. sweeps/quickstart.py")
+  p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                 help="override the sweep's base config, e.g. --set out_dir=/tmp/runs")
+  p.add_argument("--no-fit", action="store_true", help="skip the fits and plots at the end")
+  p.set_defaults(fn=_sweep)
+
+  p = sub.add_parser("fit", help="fit scaling laws to a results table and plot",
+                     description="Fit L(N) per k and the L(C) frontier; write fits.json and plots/.")
+  from analysis import report
+  report.add_arguments(p)
+  p.set_defaults(fn=_fit)
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  try:
+    args.fn(args)
+  except config_lib.ConfigError as e:
+    print(f"sae-jax: error: {e}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print("sae-jax: interrupted; rerun the same command to resume", file=sys.stderr)
+    return 130
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,131 @@
+"""The trainer: data-parallel equality, exact resume, the data stream, evaluation."""
+
+import jax
+import numpy as np
+import pytest
+
+from sae_jax import config, data, optimizer, train
+
+
+def _source(n_train=4096, n_eval=1024, d_in=32, n_features=96, seed=0):
+  rng = np.random.default_rng(seed)
+  dirs = rng.normal(size=(n_features, d_in))
+  dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+
+  def gen(n):
+    acts = (rng.random((n, n_features)) < 0.05) * rng.random((n, n_features)) * 2
+    return (acts @ dirs + 0.3 + 0.01 * rng.normal(size=(n, d_in))).astype(np.float32)
+
+  return data.ArraySource({"train": gen(n_train), "eval": gen(n_eval)})
+
+
+def _config(**train_kw):
+  c = config.default_config()
+  c.sae.n_latents, c.sae.k = 128, 4
+  c.sae.geometric_median_samples = 1024
+  c.train.batch_size = 256
+  c.train.token_budget = 4096
+  c.train.dead_tokens = 1024
+  c.train.n_eval_points = 3
+  c.train.checkpoint_every_steps = 4
+  for key, value in train_kw.items():
+    c.train[key] = value
+  return c
+
+
+def _run_steps(n_devices, n_steps=6):
+  source = _source()
+  c = config.resolve(_config(n_devices=n_devices), source.d_in)
+  mesh = train.make_mesh(n_devices)
+  opt = optimizer.make(c.train.lr, eps=c.train.adam_eps)
+  step_fn = train.make_train_step(mesh, train.StepConfig.from_config(c), opt)
+  state = train.init_state(jax.random.PRNGKey(0), source.read("train", np.arange(1024)), c, 1.0, opt)
+  state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  losses = []
+  for step, x in data.stream(source, c.train.batch_size, 0, 0, n_steps):
+    x = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+    state, m = step_fn(state, x)
+    losses.append(float(m["loss"]))
+  return jax.device_get(state), losses
+
+
+def test_eight_device_step_equals_one_device():
+  assert len(jax.devices()) == 8, "conftest forces 8 host devices"
+  s1, l1 = _run_steps(1)
+  s8, l8 = _run_steps(8)
+  np.testing.assert_allclose(l1, l8, rtol=1e-5)
+  for key in s1.params:
+    np.testing.assert_allclose(s1.params[key], s8.params[key], rtol=1e-4, atol=1e-6)
+  np.testing.assert_array_equal(s1.tokens_since_fired_N, s8.tokens_since_fired_N)
+  assert l1[-1] < l1[0]
+
+
+def test_batches_are_deterministic_and_tile_each_epoch():
+  n, B = 1000, 128
+  seen = np.concatenate([data.batch_rows(n, B, seed=3, step=s) for s in range(7)])
+  assert len(np.unique(seen[:n - n % B])) == n - n % B  # no repeat inside the first epoch
+  np.testing.assert_array_equal(data.batch_rows(n, B, 3, 5), data.batch_rows(n, B, 3, 5))
+  assert not np.array_equal(data.batch_rows(n, B, 3, 5), data.batch_rows(n, B, 4, 5))
+
+
+def test_resume_is_bitwise_equal(tmp_path):
+  """A run stopped after a checkpoint and relaunched ends in the same state as one that
+  was never stopped (same data order, same float results on CPU)."""
+  source = _source()
+  full = train.train(_config(n_devices=1), source, str(tmp_path / "full"), progress=False)
+
+  part_cfg = _config(n_devices=1)
+  part_cfg.train.token_budget = 4096  # same run...
+  # ...interrupted: train only the first 6 steps by giving the stream an early end.
+  original = data.stream
+  def short_stream(source, batch_size, seed, start, end, **kw):
+    return original(source, batch_size, seed, start, min(end, 6), **kw)
+  train.data.stream = short_stream
+  try:
+    train.train(part_cfg, source, str(tmp_path / "part"), progress=False)
+  finally:
+    train.data.stream = original
+  resumed = train.train(part_cfg, source, str(tmp_path / "part"), progress=False)
+
+  strip = lambda rs: [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rs]
+  assert strip(resumed) == strip(full)
+  from sae_jax import checkpoint
+  a = checkpoint.Checkpointer(str(tmp_path / "full" / "checkpoints"))
+  b = checkpoint.Checkpointer(str(tmp_path / "part" / "checkpoints"))
+  assert a.latest_step() == b.latest_step() == 16
+  sa, _ = a.restore_untyped(16)
+  sb, _ = b.restore_untyped(16)
+  jax.tree.map(np.testing.assert_array_equal, sa, sb)
+
+
+def test_records_cover_log_spaced_points_and_end_final():
+  steps = train.eval_steps(1000, 8, 1 / 64)
+  assert steps[-1] == 1000 and steps[0] == 16 and len(steps) == 8
+  ratios = np.diff(np.log(steps))
+  assert np.allclose(ratios, ratios[0], atol=0.05)
+
+
+def test_training_lowers_loss_and_counts_dead_latents(tmp_path):
+  records = train.train(_config(n_devices=1), _source(), str(tmp_path), progress=False)
+  assert records[-1]["final"] and not any(r["final"] for r in records[:-1])
+  assert records[-1]["normalized_mse"] < records[0]["normalized_mse"]
+  assert all(0 < r["l0"] <= 4 for r in records)
+  assert records[-1]["flops"] == pytest.approx(12 * 32 * 128 * 4096)
+  assert 0 <= records[-1]["dead_fraction"] <= 1
+
+
+def test_bad_device_count_and_batch_split(tmp_path):
+  with pytest.raises(config.ConfigError, match="device"):
+    train.train(_config(n_devices=64), _source(), str(tmp_path), progress=False)
+  with pytest.raises(config.ConfigError, match="does not split over 8 devices"):
+    train.train(_config(n_devices=8, batch_size=100, token_budget=1000), _source(),
+                str(tmp_path), progress=False)
+
+
+def test_nan_loss_stops_with_the_step(tmp_path):
+  source = _source()
+  source.splits["train"][3 * 256 + 5] = np.nan  # a NaN activation in batch 3 (sorted rows)
+  rows = [data.batch_rows(4096, 256, 0, s) for s in range(16)]
+  bad_step = next(s for s, r in enumerate(rows) if (3 * 256 + 5) in r)
+  with pytest.raises(train.TrainingDivergedError, match=f"at step {bad_step}"):
+    train.train(_config(n_devices=1), source, str(tmp_path), progress=False)
