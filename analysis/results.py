@@ -1,0 +1,175 @@
+"""Read the run records a sweep writes: `runs/<sweep>/results.jsonl`, one JSON per line.
+
+Each record is one (run, evaluation point): `run_id`, `architecture`, `n_latents`, `k`,
+`d_in`, `tokens`, `step`, `final`, `flops` (training compute so far, FLOPs),
+`normalized_mse` (= FVU), `mse`, `l0`, `dead_fraction`, `model`, `layer`, `config`, ...
+The table stays a plain `list[dict]`: no dataframe dependency.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from sae_jax.config import ConfigError
+
+RESULTS_FILENAME = "results.jsonl"
+
+
+def resolve_results_path(path: str | os.PathLike) -> str:
+  """The results.jsonl a user meant: the path itself, or `<dir>/results.jsonl` for a run dir.
+
+  Raises:
+    ConfigError: neither the file nor `<dir>/results.jsonl` exists.
+  """
+  path = os.fspath(path)
+  if os.path.isdir(path):
+    candidate = os.path.join(path, RESULTS_FILENAME)
+    if not os.path.isfile(candidate):
+      raise ConfigError(f"no {RESULTS_FILENAME} in directory {path}; "
+                        f"pass the sweep directory runs/<sweep>/ or the file itself")
+    return candidate
+  if not os.path.isfile(path):
+    raise ConfigError(f"results file not found: {path}; expected runs/<sweep>/{RESULTS_FILENAME} "
+                      f"or the directory holding it")
+  return path
+
+
+def new_file_mode() -> int:
+  """The mode `open()` would give a new file (0o666 less the umask); mkstemp gives 0o600."""
+  umask = os.umask(0)
+  os.umask(umask)
+  return 0o666 & ~umask
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """Every record of one results.jsonl, in file order.
+
+  A truncated last line (a sweep still writing) is skipped with a warning; any other
+  line that is not a JSON object raises.
+
+  Raises:
+    ConfigError: a line (other than a truncated last one) is not a JSON object.
+  """
+  with open(path, encoding="utf-8") as f:
+    lines = f.read().split("\n")
+  records = []
+  last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+  for i, line in enumerate(lines):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      if i == last and i == len(lines) - 1:  # no trailing newline: a write in progress
+        warnings.warn(f"{path}:{i + 1}: skipping a truncated last line ({e.msg})", stacklevel=3)
+        continue
+      raise ConfigError(f"{path}:{i + 1} is not valid JSON ({e.msg}); "
+                        f"fix or delete that line") from None
+    if not isinstance(record, dict):
+      raise ConfigError(f"{path}:{i + 1} is a JSON {type(record).__name__}, not an object; "
+                        f"each line must be one run record")
+    records.append(record)
+  return records
+
+
+def get_field(record: Mapping[str, Any], key: str) -> Any:
+  """`record[key]`, where a dotted key walks nested dicts ("config.train.lr"); None if absent."""
+  if key in record:
+    return record[key]
+  value: Any = record
+  for part in key.split("."):
+    if not isinstance(value, Mapping) or part not in value:
+      return None
+    value = value[part]
+  return value
+
+
+def _has_field(record: Mapping[str, Any], key: str) -> bool:
+  if key in record:
+    return True
+  value: Any = record
+  for part in key.split("."):
+    if not isinstance(value, Mapping) or part not in value:
+      return False
+    value = value[part]
+  return True
+
+
+def _equal(value: Any, wanted: Any) -> bool:
+  """Equality that lets a command-line string match a typed field ("15" == 15, "true" == True)."""
+  if value == wanted and type(value) is not bool and type(wanted) is not bool:
+    return True
+  if isinstance(value, bool) or isinstance(wanted, bool):
+    as_bool = {"true": True, "false": False, "1": True, "0": False}
+    v = as_bool.get(str(value).lower(), value)
+    w = as_bool.get(str(wanted).lower(), wanted)
+    return v is w
+  if isinstance(wanted, str) and not isinstance(value, str) and value is not None:
+    try:
+      return float(wanted) == float(value)
+    except (TypeError, ValueError):
+      return str(value) == wanted
+  return False
+
+
+def matches(record: Mapping[str, Any], filters: Mapping[str, Any]) -> bool:
+  """True if every filter matches; a list/tuple/set filter value matches any of its items."""
+  for key, wanted in filters.items():
+    value = get_field(record, key)
+    options = wanted if isinstance(wanted, (list, tuple, set, frozenset)) else (wanted,)
+    if not any(_equal(value, w) for w in options):
+      return False
+  return True
+
+
+def _describe_values(records: list[dict], key: str, limit: int = 8) -> str:
+  values = sorted({repr(get_field(r, key)) for r in records})
+  shown = ", ".join(values[:limit]) + (", ..." if len(values) > limit else "")
+  return f"{key} in [{shown}]"
+
+
+def load_results(paths: str | os.PathLike | Iterable[str | os.PathLike],
+                 **filters: Any) -> list[dict]:
+  """Load and filter run records from one or many results.jsonl files (or sweep dirs).
+
+  Args:
+    paths: a results.jsonl path, a directory containing one, or a list of either.
+    **filters: field=value pairs a record must match, e.g. `architecture="topk", layer=15,
+      k=32`. A dotted name reaches into nested dicts (`**{"config.train.lr": 1e-3}`).
+      Strings match typed fields ("15" matches 15), so command-line values work as is.
+      A list value matches any of its items.
+
+  Returns:
+    The matching records, as dicts, in file order (files in the order given).
+
+  Raises:
+    ConfigError: a file is missing or malformed, a filter names a field no record has,
+      or no record is left (the message names the filter and the values present).
+  """
+  if isinstance(paths, (str, os.PathLike)):
+    paths = [paths]
+  files = [resolve_results_path(p) for p in paths]
+  if not files:
+    raise ConfigError("no results files given; pass runs/<sweep>/results.jsonl")
+  records = []
+  for f in files:
+    records.extend(read_jsonl(f))
+  where = ", ".join(files)
+  if not records:
+    raise ConfigError(f"no records in {where}: the file is empty; "
+                      f"has the sweep evaluated any run yet?")
+  for key in filters:
+    if not any(_has_field(r, key) for r in records):
+      fields = sorted({k for r in records for k in r if k != "config"})
+      raise ConfigError(f"filter {key!r} matches no field of the records in {where}; "
+                        f"fields are: {', '.join(fields)}")
+  kept = [r for r in records if matches(r, filters)]
+  if not kept:
+    asked = ", ".join(f"{k}={v!r}" for k, v in filters.items())
+    present = "; ".join(_describe_values(records, k) for k in filters)
+    raise ConfigError(f"no records in {where} match {asked} (the records have {present})")
+  return kept

@@ -1,0 +1,141 @@
+"""Tests of analysis.fits: planted laws are recovered, the frontier is the lower envelope,
+and bad inputs fail with one actionable ConfigError."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from analysis.fits import PowerLawFit, compute_frontier, fit_power_law, fit_scaling_laws
+from sae_jax.config import ConfigError
+
+A, ALPHA, C = 3.0, 0.7, 0.05
+N = 2.0 ** np.arange(3, 13)  # 8 .. 4096: a*N^-alpha spans 14x c down to 0.2x c
+
+
+def _noisy(y, seed=0, sigma=0.02):
+  """Multiplicative lognormal noise, sigma 2% (fixed seed)."""
+  return y * np.exp(np.random.default_rng(seed).normal(0.0, sigma, np.shape(y)))
+
+
+def _rel(x, ref):
+  return abs(x / ref - 1)
+
+
+def test_pure_power_law_recovers_planted_exponent():
+  fit = fit_power_law(N, _noisy(A * N ** -ALPHA), irreducible=False)
+  assert isinstance(fit, PowerLawFit)
+  assert _rel(fit.params["alpha"], ALPHA) < 0.05
+  assert _rel(fit.params["a"], A) < 0.05
+  assert set(fit.params) == {"a", "alpha"} and fit.n_points == len(N)
+  assert 0 < fit.stderr["alpha"] < 0.05
+
+
+def test_irreducible_power_law_recovers_planted_exponent_and_floor():
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # a healthy fit must not warn
+    fit = fit_power_law(N, _noisy(A * N ** -ALPHA + C), irreducible=True)
+  assert _rel(fit.params["alpha"], ALPHA) < 0.05
+  assert _rel(fit.params["c"], C) < 0.05
+  assert _rel(fit.params["a"], A) < 0.10  # a is strongly correlated with alpha
+  assert not fit.degenerate and fit.note == ""
+  assert all(v is not None and v > 0 for v in fit.stderr.values())
+
+
+def test_pure_fit_equals_polyfit_in_log_log():
+  y = _noisy(A * N ** -ALPHA + C, seed=3, sigma=0.1)  # misspecified on purpose
+  fit = fit_power_law(N, y, irreducible=False)
+  slope, intercept = np.polyfit(np.log(N), np.log(y), 1)
+  np.testing.assert_allclose(fit.params["alpha"], -slope, rtol=1e-10)
+  np.testing.assert_allclose(np.log(fit.params["a"]), intercept, rtol=1e-10)
+  np.testing.assert_allclose(fit.residuals, np.polyval([slope, intercept], np.log(N)) - np.log(y),
+                             atol=1e-10)
+
+
+def test_fit_is_json_serialisable_and_predicts():
+  fit = fit_power_law(N, A * N ** -ALPHA + C, irreducible=True)
+  d = json.loads(json.dumps(fit.to_dict(), allow_nan=False))
+  assert d["law"] == "L(N) = a * N^(-alpha) + c" and d["irreducible"] is True
+  np.testing.assert_allclose(fit.predict(N), A * N ** -ALPHA + C, rtol=1e-6)
+
+
+def test_degenerate_irreducible_fit_warns_and_says_so():
+  # A pure power law has no floor: c must run to 0.
+  with pytest.warns(UserWarning, match="degenerate"):
+    fit = fit_power_law(N, A * N ** -ALPHA, irreducible=True)
+  assert fit.degenerate and "ran to 0" in fit.note
+
+
+def test_frontier_is_the_lower_envelope():
+  flops = [1, 2, 2, 3, 4, 5, 6, 7, 7, 8]
+  loss = [5.0, 4.0, 3.0, 3.5, 2.0, 2.0, 2.5, 1.0, 1.0, 0.5]
+  # kept: 0 (5.0), 2 (3.0 beats 4.0 at equal compute), 4 (2.0), 7 (first of the tie 1.0), 9.
+  np.testing.assert_array_equal(compute_frontier(flops, loss), [0, 2, 4, 7, 9])
+  # Input order does not matter (up to which of two exact duplicates is kept).
+  perm = np.random.default_rng(0).permutation(len(flops))
+  c_P, l_P = np.array(flops)[perm], np.array(loss)[perm]
+  got = compute_frontier(c_P, l_P)
+  assert list(zip(c_P[got], l_P[got])) == [(1, 5.0), (2, 3.0), (4, 2.0), (7, 1.0), (8, 0.5)]
+  assert compute_frontier([], []).size == 0
+
+
+def test_frontier_brute_force_definition():
+  rng = np.random.default_rng(1)
+  c, l = rng.integers(1, 20, 200).astype(float), rng.uniform(0.1, 1, 200)
+  got = set(compute_frontier(c, l).tolist())
+  want = {i for i in range(len(c)) if all(l[i] < l[j] for j in range(len(c))
+                                           if j != i and c[j] <= c[i])}
+  assert got == want
+
+
+@pytest.mark.parametrize("n, loss, irreducible, match", [
+    ([1024, 1024, 1024], [0.3, 0.2, 0.25], False,
+     r"need at least 3 points with distinct n_latents, got 1 \(n_latents=1024\)"),
+    ([1024, 2048], [0.3, 0.2], False, "need at least 3 points"),
+    ([1024, 2048, 4096], [0.3, 0.2, 0.1], True, "need at least 4 points"),
+    ([1024, 2048, 4096], [0.3, float("nan"), 0.1], False, "finite and positive"),
+    ([1024, 2048, 4096], [0.3, float("inf"), 0.1], False, "finite and positive"),
+    ([1024, 2048, 4096], [0.3, 0.0, 0.1], False, "finite and positive"),
+    ([1024, 2048, 4096], [0.3, -0.2, 0.1], False, "finite and positive"),
+    ([0, 2048, 4096], [0.3, 0.2, 0.1], False, "n_latents must be finite and positive"),
+    ([1024, 2048, 4096], [0.3, 0.2], False, "equal length"),
+])
+def test_bad_inputs_raise_config_error(n, loss, irreducible, match):
+  with pytest.raises(ConfigError, match=match) as e:
+    fit_power_law(n, loss, irreducible)
+  assert "\n" not in str(e.value)
+
+
+def test_frontier_rejects_nan():
+  with pytest.raises(ConfigError, match="finite"):
+    compute_frontier([1.0, 2.0], [0.5, float("nan")])
+
+
+def _records(ns, k, final_only=False):
+  out = []
+  for n in ns:
+    for t in (1e4, 1e5, 1e6):
+      out.append({"sweep": "s", "run_id": f"n{n}_k{k}", "architecture": "topk", "k": k,
+                  "n_latents": n, "tokens": t, "flops": 12 * 64 * n * t, "final": t == 1e6,
+                  "normalized_mse": 2 * n ** -0.5 + t ** -0.3})
+  return out
+
+
+def test_fit_scaling_laws_records_per_k_errors_instead_of_failing():
+  records = _records([256, 512, 1024, 2048], 32) + _records([256, 512], 16)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    fits = fit_scaling_laws(records)
+  json.dumps(fits, allow_nan=False)
+  assert list(fits["L_N"]) == ["k=16", "k=32"]
+  assert "need at least 3 points" in fits["L_N"]["k=16"]["power_law"]["error"]
+  assert fits["L_N"]["k=32"]["power_law"]["params"]["alpha"] > 0
+  assert "params" in fits["L_N"]["k=32"]["irreducible"]
+  assert fits["L_C"]["params"]["alpha"] > 0 and len(fits["L_C"]["frontier"]) >= 3
+  assert fits["n_records"] == len(records) and fits["sweeps"] == ["s"]
+
+
+def test_fit_scaling_laws_rejects_empty():
+  with pytest.raises(ConfigError, match="no records"):
+    fit_scaling_laws([])

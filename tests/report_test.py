@@ -1,0 +1,91 @@
+"""Tests of analysis.report / results: a synthetic sweep goes end to end to fits.json and
+six plot files; failures leave an existing fits.json untouched."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from analysis import fit_sweep, load_results
+from analysis.report import PLOT_STEMS, main
+from sae_jax.config import ConfigError
+
+D_IN = 64
+ALPHA_N = 0.5  # planted L(N) exponent
+
+
+def _write_sweep(path, seed=0):
+  """A 4 n_latents x 2 k sweep, 5 evaluation points per run, from a planted law:
+  L = 0.02 + A_k * n^-0.5 + 3 * tokens^-0.3 (1% lognormal noise); flops = 12 d_in n tokens."""
+  rng = np.random.default_rng(seed)
+  budget = 2**19
+  with open(path, "w") as f:
+    for k, A in ((16, 6.0), (32, 4.0)):
+      for n in (1024, 2048, 4096, 8192):
+        for i, tokens in enumerate(budget // 2 ** np.arange(4, -1, -1)):
+          loss = (0.02 + A * n**-ALPHA_N + 3 * float(tokens) ** -0.3) * np.exp(rng.normal(0, 0.01))
+          rec = {"sweep": "synthetic", "run_id": f"n{n}_k{k}", "architecture": "topk",
+                 "n_latents": n, "k": k, "d_in": D_IN, "tokens": int(tokens), "step": i,
+                 "final": i == 4, "flops": 12.0 * D_IN * n * float(tokens),
+                 "normalized_mse": loss, "mse": loss * 1e-3, "l0": float(k),
+                 "dead_fraction": 0.0, "model": "smollm2", "layer": 15,
+                 "config": {"sae": {"n_latents": n, "k": k}}}
+          f.write(json.dumps(rec) + "\n")
+
+
+def test_fit_sweep_writes_fits_and_plots(tmp_path):
+  _write_sweep(tmp_path / "results.jsonl")
+  fits = fit_sweep(str(tmp_path / "results.jsonl"))  # out dir defaults to the file's dir
+  on_disk = json.loads((tmp_path / "fits.json").read_text())
+  assert on_disk == json.loads(json.dumps(fits))
+  for stem in PLOT_STEMS:
+    for ext in ("png", "pdf"):
+      assert (tmp_path / "plots" / f"{stem}.{ext}").stat().st_size > 1000
+  assert sorted(os.listdir(tmp_path / "plots")) == sorted(
+      f"{s}.{e}" for s in PLOT_STEMS for e in ("png", "pdf"))  # no temp files left
+  assert set(fits["L_N"]) == {"k=16", "k=32"}
+  for entry in fits["L_N"].values():
+    assert entry["power_law"]["params"]["alpha"] > 0
+    irr = entry["irreducible"]["params"]
+    assert abs(irr["alpha"] / ALPHA_N - 1) < 0.25  # 4 points, 1% noise
+  assert fits["L_C"]["params"]["alpha"] > 0
+  assert fits["n_records"] == 40 and fits["n_runs"] == 8
+
+
+def test_filters_and_cli(tmp_path, capsys):
+  _write_sweep(tmp_path / "results.jsonl")
+  assert {r["k"] for r in load_results(tmp_path, k="32")} == {32}
+  out = tmp_path / "k32"
+  assert main([str(tmp_path), "--out", str(out), "--filter", "k=32", "--filter", "layer=15"]) == 0
+  fits = json.loads((out / "fits.json").read_text())
+  assert list(fits["L_N"]) == ["k=32"] and fits["filters"] == {"k": "32", "layer": "15"}
+  assert "alpha" in capsys.readouterr().out
+
+
+def test_filter_matching_nothing_names_the_filter(tmp_path):
+  _write_sweep(tmp_path / "results.jsonl")
+  with pytest.raises(ConfigError, match=r"match layer=3 .*layer in \[15\]"):
+    load_results(tmp_path / "results.jsonl", layer=3)
+  with pytest.raises(ConfigError, match="filter 'lyr' matches no field"):
+    load_results(tmp_path / "results.jsonl", lyr=3)
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+  with pytest.raises(ConfigError, match="results file not found"):
+    load_results(tmp_path / "nope.jsonl")
+  with pytest.raises(ConfigError, match="no results.jsonl in directory"):
+    load_results(tmp_path)
+
+
+def test_failed_fit_sweep_keeps_the_old_fits_json(tmp_path, capsys):
+  old = '{"old": true}\n'
+  (tmp_path / "fits.json").write_text(old)
+  (tmp_path / "results.jsonl").write_text("")
+  with pytest.raises(ConfigError, match="empty"):
+    fit_sweep(tmp_path / "results.jsonl")
+  assert (tmp_path / "fits.json").read_text() == old
+  assert main([str(tmp_path / "results.jsonl")]) == 2  # CLI: one-line error, exit 2
+  assert capsys.readouterr().err.startswith("error: no records")
+  assert (tmp_path / "fits.json").read_text() == old
+  assert sorted(os.listdir(tmp_path)) == ["fits.json", "results.jsonl"]
