@@ -91,6 +91,15 @@ def decode(params: Params, z_BxN: jax.Array) -> jax.Array:
   return z_BxN @ params["W_dec"] + params["b_pre"]
 
 
+def _auxk_loss(params: Params, pre_BxN: jax.Array, e_BxD: jax.Array, dead_N: jax.Array,
+               k_aux: int) -> jax.Array:
+  """||e - W_dec z_aux||^2 / ||e||^2 with z_aux the top-k_aux dead pre-activations."""
+  masked_BxN = jnp.where(dead_N[None, :], pre_BxN, -jnp.inf)
+  aux_code = topk(masked_BxN, k_aux)
+  e_hat_BxD = to_dense(aux_code, pre_BxN.shape[1]) @ params["W_dec"]
+  return jnp.sum((e_BxD - e_hat_BxD) ** 2) / jnp.maximum(jnp.sum(e_BxD**2), 1e-30)
+
+
 class LossOutput(NamedTuple):
   loss: jax.Array  # scalar: normalized MSE + aux_coef * AuxK
   normalized_mse: jax.Array  # scalar, sum ||x - x_hat||^2 / (B * variance)
@@ -129,13 +138,11 @@ def loss(params: Params, x_BxD: jax.Array, *, k: int, variance: jax.Array | floa
 
   aux = jnp.zeros((), jnp.float32)
   if dead_N is not None and k_aux > 0:
-    k_aux = min(k_aux, n_latents)
-    masked_BxN = jnp.where(dead_N[None, :], pre_BxN, -jnp.inf)
-    aux_code = topk(masked_BxN, k_aux)
-    e_hat_BxD = to_dense(aux_code, n_latents) @ params["W_dec"]
     e_BxD = jax.lax.stop_gradient(err_BxD)
-    ratio = jnp.sum((e_BxD - e_hat_BxD) ** 2) / jnp.maximum(jnp.sum(e_BxD**2), 1e-30)
-    aux = jnp.where(jnp.any(dead_N), ratio, 0.0)
+    # Only pay for the AuxK top-k and decode when some latent is dead.
+    k_aux = min(k_aux, n_latents)
+    aux = jax.lax.cond(jnp.any(dead_N), lambda *a: _auxk_loss(*a, k_aux),
+                       lambda *_: jnp.zeros((), jnp.float32), params, pre_BxN, e_BxD, dead_N)
 
   fired_N = jnp.any(z_BxN > 0, axis=0)
   l0 = jnp.mean(jnp.sum(z_BxN > 0, axis=-1).astype(jnp.float32))
