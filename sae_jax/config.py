@@ -52,9 +52,19 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.cache_dir = ml_collections.FieldReference(None, field_type=str)  # None: ~/.cache/sae_jax
 
   c.sae = ml_collections.ConfigDict()
-  c.sae.architecture = "topk"
+  c.sae.architecture = "topk"  # see sae_jax.sae.names()
   c.sae.n_latents = 2**14
-  c.sae.k = 32
+  # The sparsity knob: k for the TopK family (None: 32), the penalty coefficient lambda for
+  # the others (None: the architecture's default). Setting the one that does not apply
+  # is an error.
+  c.sae.k = ml_collections.FieldReference(None, field_type=int)
+  c.sae.sparsity_coefficient = ml_collections.FieldReference(None, field_type=float)
+  c.sae.multi_topk = False  # TopK: add L(4k)/8 (Gao et al. 2024, Sec. 5.3)
+  c.sae.bandwidth = 1e-3  # JumpReLU: straight-through kernel width epsilon
+  c.sae.initial_threshold = 1e-3  # JumpReLU: threshold at init
+  c.sae.target_activation = 0.05  # KL sparsity: target mean activation rho
+  c.sae.prefixes = ml_collections.FieldReference(None, field_type=tuple)  # Matryoshka sizes
+  c.sae.threshold_momentum = 0.99  # BatchTopK: EMA of the inference threshold
   # Input normalisation applied to every activation before the SAE sees it:
   #   "unit_norm" -- subtract the mean over d_in, scale to unit L2 norm, per token
   #                  (Gao et al. 2024, Sec. 2.1);
@@ -105,8 +115,22 @@ def resolve(c: ml_collections.ConfigDict, d_in: int | None = None) -> ml_collect
   Raises:
     ConfigError: a value is out of range; the message names it and says what to change.
   """
+  from sae_jax import sae  # the registry imports this module
   c = ml_collections.ConfigDict(c.to_dict())  # deep copy, references flattened
   validate(c)
+  arch = sae.get(c.sae.architecture)
+  other = "sparsity_coefficient" if arch.knob == "k" else "k"
+  if c.sae[other] is not None:
+    raise ConfigError(f"sae.{other}={c.sae[other]} does not apply to {arch.name} (its sparsity "
+                      f"knob is sae.{arch.knob}); remove it")
+  if c.sae[arch.knob] is None:
+    c.sae[arch.knob] = arch.default_knob
+  if arch.knob == "k":
+    c.sae.k = int(c.sae.k)
+    if c.sae.k > c.sae.n_latents:
+      raise ConfigError(f"k={c.sae.k} exceeds n_latents={c.sae.n_latents}; lower k or raise n_latents")
+  else:
+    c.sae.sparsity_coefficient = float(c.sae.sparsity_coefficient)
   if c.train.token_budget is None:
     c.train.token_budget = c.data.n_train_tokens
   c.train.token_budget = int(c.train.token_budget)
@@ -119,7 +143,6 @@ def resolve(c: ml_collections.ConfigDict, d_in: int | None = None) -> ml_collect
 
 _INPUT_NORMS = ("unit_norm", "mean_norm", "none")
 _DTYPES = ("float16", "bfloat16")
-_ARCHITECTURES = ("topk",)
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
@@ -130,12 +153,15 @@ def validate(c: ml_collections.ConfigDict) -> None:
       raise ConfigError(msg)
 
   s, t, d = c.sae, c.train, c.data
-  need(s.architecture in _ARCHITECTURES,
-       f"unknown architecture {s.architecture!r}; known: {', '.join(_ARCHITECTURES)}")
+  from sae_jax import sae  # the registry imports this module
+  sae.get(s.architecture)  # unknown names list the known ones
   need(isinstance(s.n_latents, int) and s.n_latents > 0,
        f"n_latents={s.n_latents} must be a positive integer")
-  need(isinstance(s.k, int) and s.k > 0, f"k={s.k} must be a positive integer")
-  need(s.k <= s.n_latents, f"k={s.k} exceeds n_latents={s.n_latents}; lower k or raise n_latents")
+  need(s.k is None or (isinstance(s.k, int) and s.k > 0), f"k={s.k} must be a positive integer")
+  need(s.k is None or s.k <= s.n_latents,
+       f"k={s.k} exceeds n_latents={s.n_latents}; lower k or raise n_latents")
+  need(s.sparsity_coefficient is None or s.sparsity_coefficient >= 0,
+       f"sparsity_coefficient={s.sparsity_coefficient} must be non-negative")
   need(s.input_norm in _INPUT_NORMS,
        f"input_norm={s.input_norm!r} is not one of {', '.join(_INPUT_NORMS)}")
   need(t.batch_size > 0, f"train.batch_size={t.batch_size} must be positive")

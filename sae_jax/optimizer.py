@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sae_jax import topk
+from sae_jax import sae
 
 
 def remove_parallel_component(W_NxD: jax.Array, g_NxD: jax.Array) -> jax.Array:
@@ -31,12 +31,14 @@ def project_decoder_gradient(key: str = "W_dec") -> optax.GradientTransformation
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def make(lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 6.25e-10
-         ) -> optax.GradientTransformation:
-  """Adam (eps 6.25e-10, Gao et al. 2024 Sec. 2.3) after the decoder-gradient projection."""
-  return optax.chain(project_decoder_gradient(), optax.adam(lr, b1=b1, b2=b2, eps=eps))
+def make(lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 6.25e-10,
+         project_decoder: bool = True) -> optax.GradientTransformation:
+  """Adam (eps 6.25e-10, Gao et al. 2024 Sec. 2.3), after the decoder-gradient projection
+  when the architecture keeps unit-norm decoder rows."""
+  adam = optax.adam(lr, b1=b1, b2=b2, eps=eps)
+  return optax.chain(project_decoder_gradient(), adam) if project_decoder else adam
 
 
-def renormalize_decoder(params: topk.Params) -> topk.Params:
+def renormalize_decoder(params: sae.Params) -> sae.Params:
   """Project the decoder rows back to unit norm after an update."""
-  return {**params, "W_dec": topk.unit_norm_rows(params["W_dec"])}
+  return {**params, "W_dec": sae.unit_norm_rows(params["W_dec"])}

@@ -19,10 +19,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-Params = dict[str, jax.Array]
+from sae_jax import sae
+
+Params = sae.Params
 
 
-def init(key: jax.Array, d_in: int, n_latents: int, b_pre_D: jax.Array | None = None) -> Params:
+def init(key: jax.Array, d_in: int, n_latents: int, b_pre_D: jax.Array | None = None,
+         hp: sae.Hyper | None = None) -> Params:
   """Tied initialisation (Gao et al. 2024, Sec. A.1).
 
   Decoder rows are random unit vectors, the encoder is the decoder's transpose, b_enc is
@@ -33,21 +36,11 @@ def init(key: jax.Array, d_in: int, n_latents: int, b_pre_D: jax.Array | None = 
     dict with W_enc [d_in, n_latents], b_enc [n_latents], W_dec [n_latents, d_in],
     b_pre [d_in], all float32.
   """
-  W_dec_NxD = jax.random.normal(key, (n_latents, d_in), jnp.float32)
-  W_dec_NxD = unit_norm_rows(W_dec_NxD)
-  if b_pre_D is None:
-    b_pre_D = jnp.zeros((d_in,), jnp.float32)
-  return {
-      "W_enc": W_dec_NxD.T,
-      "b_enc": jnp.zeros((n_latents,), jnp.float32),
-      "W_dec": W_dec_NxD,
-      "b_pre": jnp.asarray(b_pre_D, jnp.float32),
-  }
+  del hp
+  return sae.tied_init(key, d_in, n_latents, b_pre_D)
 
 
-def unit_norm_rows(W_NxD: jax.Array, eps: float = 1e-12) -> jax.Array:
-  """Scale each row to unit L2 norm (the decoder constraint of Gao et al. 2024, Sec. A.1)."""
-  return W_NxD / jnp.maximum(jnp.linalg.norm(W_NxD, axis=-1, keepdims=True), eps)
+unit_norm_rows = sae.unit_norm_rows
 
 
 def pre_activations(params: Params, x_BxD: jax.Array) -> jax.Array:
@@ -86,9 +79,7 @@ def encode(params: Params, x_BxD: jax.Array, k: int) -> jax.Array:
   return to_dense(topk(pre_activations(params, x_BxD), k), n_latents)
 
 
-def decode(params: Params, z_BxN: jax.Array) -> jax.Array:
-  """x_hat = W_dec z + b_pre, shape [B, d_in]."""
-  return z_BxN @ params["W_dec"] + params["b_pre"]
+decode = sae.decode
 
 
 def _auxk_loss(params: Params, pre_BxN: jax.Array, e_BxD: jax.Array, dead_N: jax.Array,
@@ -100,16 +91,12 @@ def _auxk_loss(params: Params, pre_BxN: jax.Array, e_BxD: jax.Array, dead_N: jax
   return jnp.sum((e_BxD - e_hat_BxD) ** 2) / jnp.maximum(jnp.sum(e_BxD**2), 1e-30)
 
 
-class LossOutput(NamedTuple):
-  loss: jax.Array  # scalar: normalized MSE + aux_coef * AuxK
-  normalized_mse: jax.Array  # scalar, sum ||x - x_hat||^2 / (B * variance)
-  aux_loss: jax.Array  # scalar, AuxK (0 when no latent is dead)
-  fired_N: jax.Array  # bool [n_latents]: latent fired on some token of the batch
-  l0: jax.Array  # scalar, mean non-zeros per token
+LossOutput = sae.Output
 
 
 def loss(params: Params, x_BxD: jax.Array, *, k: int, variance: jax.Array | float = 1.0,
-         dead_N: jax.Array | None = None, k_aux: int = 0, aux_coef: float = 1 / 32) -> LossOutput:
+         dead_N: jax.Array | None = None, k_aux: int = 0, aux_coef: float = 1 / 32,
+         multi_topk: bool = False) -> sae.Output:
   """TopK training loss with AuxK (Gao et al. 2024, Sec. 2.4 and A.2).
 
   Args:
@@ -121,6 +108,8 @@ def loss(params: Params, x_BxD: jax.Array, *, k: int, variance: jax.Array | floa
     dead_N: bool [n_latents], latents that have not fired for `dead_tokens` tokens.
     k_aux: latents used by the AuxK reconstruction (0 disables AuxK).
     aux_coef: alpha, the AuxK weight (1/32 in the paper).
+    multi_topk: add the reconstruction loss with 4k latents, weighted 1/8 (Gao et al.
+      2024, Sec. 5.3 "Multi-TopK": L(k) + L(4k)/8), so the SAE also works at larger k.
 
   The AuxK term reconstructs the residual e = x - x_hat (held constant) with the top-k_aux
   dead latents: e_hat = W_dec z_aux, without b_pre (already inside x_hat, so b_pre is
@@ -133,8 +122,11 @@ def loss(params: Params, x_BxD: jax.Array, *, k: int, variance: jax.Array | floa
   z_BxN = to_dense(code, n_latents)
   x_hat_BxD = decode(params, z_BxN)
   err_BxD = x_BxD - x_hat_BxD
-  B = x_BxD.shape[0]
-  nmse = jnp.sum(err_BxD**2) / (B * variance)
+  nmse = sae.normalized_mse(x_BxD, x_hat_BxD, variance)
+  objective = nmse
+  if multi_topk:
+    x_hat4_BxD = decode(params, to_dense(topk(pre_BxN, min(4 * k, n_latents)), n_latents))
+    objective = objective + sae.normalized_mse(x_BxD, x_hat4_BxD, variance) / 8
 
   aux = jnp.zeros((), jnp.float32)
   if dead_N is not None and k_aux > 0:
@@ -144,6 +136,24 @@ def loss(params: Params, x_BxD: jax.Array, *, k: int, variance: jax.Array | floa
     aux = jax.lax.cond(jnp.any(dead_N), lambda *a: _auxk_loss(*a, k_aux),
                        lambda *_: jnp.zeros((), jnp.float32), params, pre_BxN, e_BxD, dead_N)
 
-  fired_N = jnp.any(z_BxN > 0, axis=0)
-  l0 = jnp.mean(jnp.sum(z_BxN > 0, axis=-1).astype(jnp.float32))
-  return LossOutput(nmse + aux_coef * aux, nmse, aux, fired_N, l0)
+  fired_N, l0 = sae.stats(z_BxN)
+  return sae.Output(objective + aux_coef * aux, nmse, jnp.zeros((), jnp.float32), aux, fired_N,
+                    l0, {})
+
+
+def _encode(params: Params, x_BxD: jax.Array, extras, hp: sae.Hyper) -> jax.Array:
+  del extras
+  return encode(params, x_BxD, hp.k)
+
+
+def _loss(params: Params, x_BxD: jax.Array, extras, hp: sae.Hyper, *, variance, dead_N
+          ) -> sae.Output:
+  del extras
+  return loss(params, x_BxD, k=hp.k, variance=variance, dead_N=dead_N, k_aux=hp.k_aux,
+              aux_coef=hp.aux_coef, multi_topk=hp.multi_topk)
+
+
+ARCH = sae.Architecture(
+    name="topk", knob="k", default_knob=32, unit_norm_decoder=True, init=init,
+    init_extras=sae.no_extras, encode=_encode, decode=decode, loss=_loss,
+    paper="Gao et al. 2024, Scaling and evaluating sparse autoencoders")

@@ -26,7 +26,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
-from sae_jax import checkpoint, config as config_lib, data, flops, optimizer, topk
+from sae_jax import checkpoint, config as config_lib, data, flops, optimizer, sae
 from sae_jax.geometric_median import geometric_median
 
 
@@ -38,8 +38,9 @@ class TrainingDivergedError(config_lib.ConfigError):
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array  # int32 scalar: optimizer steps taken (= batches consumed)
-  params: topk.Params
+  params: sae.Params
   opt_state: Any
+  extras: Any  # the architecture's non-gradient state (e.g. BatchTopK threshold)
   tokens_since_fired_N: jax.Array  # int32 [n_latents], clamped at dead_tokens
   variance: jax.Array  # float32 scalar: E||x - E x||^2 of the normalised inputs
   norm_scale: jax.Array  # float32 scalar: constant of the "mean_norm" normalisation
@@ -48,40 +49,59 @@ class TrainState:
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
   """The static (compile-time) settings of a train step."""
-  k: int
-  k_aux: int
-  aux_coef: float
+  architecture: str
+  hp: sae.Hyper
   dead_tokens: int
   input_norm: str
 
+  @property
+  def arch(self) -> sae.Architecture:
+    return sae.get(self.architecture)
+
   @classmethod
   def from_config(cls, c: ml_collections.ConfigDict) -> "StepConfig":
-    return cls(k=c.sae.k, k_aux=c.train.k_aux, aux_coef=c.train.aux_coef,
-               dead_tokens=c.train.dead_tokens, input_norm=c.sae.input_norm)
+    """From a resolved config (see `config.resolve`)."""
+    return cls(architecture=c.sae.architecture, hp=hyper(c), dead_tokens=c.train.dead_tokens,
+               input_norm=c.sae.input_norm)
+
+
+def hyper(c: ml_collections.ConfigDict) -> sae.Hyper:
+  """The architecture hyperparameters of a resolved config."""
+  s = c.sae
+  prefixes = tuple(int(p) for p in s.prefixes) if s.prefixes else ()
+  return sae.Hyper(n_latents=s.n_latents, k=s.k, sparsity_coefficient=s.sparsity_coefficient,
+                   k_aux=c.train.k_aux or 0, aux_coef=c.train.aux_coef, multi_topk=s.multi_topk,
+                   bandwidth=s.bandwidth, initial_threshold=s.initial_threshold,
+                   target_activation=s.target_activation, prefixes=prefixes,
+                   threshold_momentum=s.threshold_momentum)
 
 
 def train_step(state: TrainState, x_BxD: jax.Array, *, sc: StepConfig,
                opt: optax.GradientTransformation) -> tuple[TrainState, dict]:
-  """One TopK update (Gao et al. 2024): loss with AuxK, decoder-gradient projection, Adam,
-  decoder renormalisation, dead-latent counters. Pure; jit it with `make_train_step`."""
+  """One update of any architecture: its loss, the decoder-gradient projection when its
+  decoder rows are unit norm (Gao et al. 2024), Adam, the projection back to the sphere,
+  dead-latent counters. Pure; jit it with `make_train_step`."""
+  arch = sc.arch
   x_BxD = data.normalize(x_BxD, sc.input_norm, state.norm_scale)
   dead_N = state.tokens_since_fired_N >= sc.dead_tokens
 
   def loss_fn(params):
-    out = topk.loss(params, x_BxD, k=sc.k, variance=state.variance, dead_N=dead_N,
-                    k_aux=sc.k_aux, aux_coef=sc.aux_coef)
+    out = arch.loss(params, x_BxD, state.extras, sc.hp, variance=state.variance, dead_N=dead_N)
     return out.loss, out
 
   (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = opt.update(grads, state.opt_state, state.params)
-  params = optimizer.renormalize_decoder(optax.apply_updates(state.params, updates))
+  params = optax.apply_updates(state.params, updates)
+  if arch.unit_norm_decoder:
+    params = optimizer.renormalize_decoder(params)
   B = x_BxD.shape[0]
   since = jnp.minimum(state.tokens_since_fired_N + B, sc.dead_tokens)
   since = jnp.where(out.fired_N, 0, since).astype(jnp.int32)
-  metrics = {"loss": out.loss, "normalized_mse": out.normalized_mse, "aux_loss": out.aux_loss,
-             "l0": out.l0, "dead_fraction": jnp.mean(dead_N.astype(jnp.float32))}
+  metrics = {"loss": out.loss, "normalized_mse": out.normalized_mse,
+             "sparsity_loss": out.sparsity_loss, "aux_loss": out.aux_loss, "l0": out.l0,
+             "dead_fraction": jnp.mean(dead_N.astype(jnp.float32))}
   new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                      tokens_since_fired_N=since)
+                      extras=out.extras, tokens_since_fired_N=since)
   return new, metrics
 
 
@@ -110,23 +130,25 @@ def make_train_step(mesh: Mesh, sc: StepConfig, opt: optax.GradientTransformatio
 
 def init_state(key: jax.Array, sample_BxD: np.ndarray, c: ml_collections.ConfigDict,
                norm_scale: float, opt: optax.GradientTransformation) -> TrainState:
-  """Initial state: tied init with b_pre at the geometric median of the (normalised)
-  sample, and the variance of the sample for the normalized MSE."""
+  """Initial state: the architecture's init with b_pre at the geometric median of the
+  (normalised) sample, and the variance of the sample for the normalized MSE."""
+  arch, hp = sae.get(c.sae.architecture), hyper(c)
   x = data.normalize(jnp.asarray(sample_BxD), c.sae.input_norm, norm_scale)
   variance = jnp.mean(jnp.sum((x - jnp.mean(x, axis=0)) ** 2, axis=-1))
-  params = topk.init(key, x.shape[1], c.sae.n_latents, geometric_median(x))
+  params = arch.init(key, x.shape[1], c.sae.n_latents, geometric_median(x), hp)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt.init(params),
+                    extras=arch.init_extras(c.sae.n_latents, hp),
                     tokens_since_fired_N=jnp.zeros((c.sae.n_latents,), jnp.int32),
                     variance=variance.astype(jnp.float32),
                     norm_scale=jnp.asarray(norm_scale, jnp.float32))
 
 
-@functools.partial(jax.jit, static_argnames=("k", "input_norm"))
-def _eval_sums(params, x_BxD, norm_scale, *, k, input_norm):
-  x = data.normalize(x_BxD, input_norm, norm_scale)
-  z = topk.encode(params, x, k)
-  err = x - topk.decode(params, z)
-  fired = z > 0
+@functools.partial(jax.jit, static_argnames=("sc",))
+def _eval_sums(params, extras, x_BxD, norm_scale, *, sc: StepConfig):
+  x = data.normalize(x_BxD, sc.input_norm, norm_scale)
+  z = sc.arch.encode(params, x, extras, sc.hp)
+  err = x - sc.arch.decode(params, z)
+  fired = z != 0
   return {"sq_err": jnp.sum(err**2), "sum_x_D": jnp.sum(x, axis=0), "sq_x": jnp.sum(x**2),
           "l0": jnp.sum(fired), "fires_N": jnp.sum(fired, axis=0)}
 
@@ -145,8 +167,8 @@ def evaluate(state: TrainState, source: data.ActivationSource, c: ml_collections
   sum_x = None
   fires = np.zeros((c.sae.n_latents,), np.int64)
   for x in data.eval_batches(source, batch_size):
-    s = jax.device_get(_eval_sums(state.params, x, state.norm_scale, k=c.sae.k,
-                                  input_norm=c.sae.input_norm))
+    s = jax.device_get(_eval_sums(state.params, state.extras, x, state.norm_scale,
+                                  sc=StepConfig.from_config(c)))
     n += len(x)
     sq_err += float(s["sq_err"])
     sq_x += float(s["sq_x"])
@@ -195,8 +217,9 @@ def train(c: ml_collections.ConfigDict, source: data.ActivationSource, run_dir: 
   if source.n_tokens("train") < B:
     raise config_lib.ConfigError(
         f"the cache has {source.n_tokens('train')} training tokens, fewer than one batch ({B})")
-  opt = optimizer.make(c.train.lr, c.train.adam_b1, c.train.adam_b2, c.train.adam_eps)
   sc = StepConfig.from_config(c)
+  opt = optimizer.make(c.train.lr, c.train.adam_b1, c.train.adam_b2, c.train.adam_eps,
+                       project_decoder=sc.arch.unit_norm_decoder)
   step_fn = make_train_step(mesh, sc, opt)
   replicated = NamedSharding(mesh, P())
   scale = data.norm_scale(c.sae.input_norm, source.stats, d_in)
@@ -252,7 +275,7 @@ def train(c: ml_collections.ConfigDict, source: data.ActivationSource, run_dir: 
       if done in evals:
         tokens = done * B
         rec = {**info, "architecture": c.sae.architecture, "n_latents": n_latents,
-               "k": c.sae.k, "d_in": d_in, "tokens": tokens, "step": done,
+               "k": c.sae.k, "sparsity_coefficient": c.sae.sparsity_coefficient, "d_in": d_in, "tokens": tokens, "step": done,
                "final": done == n_steps, "flops": flops.training_flops(d_in, n_latents, tokens),
                **evaluate(state, source, c),
                "train_dead_fraction": float(metrics["dead_fraction"]),

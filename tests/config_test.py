@@ -1,0 +1,44 @@
+"""Config validation: every bad value is a one-line ConfigError that says what to change."""
+
+import pytest
+
+from sae_jax import config, overrides
+
+
+def _cfg(**kv):
+  return overrides.apply(config.default_config(), kv)
+
+
+@pytest.mark.parametrize("kv, message", [
+    ({"sae.k": 64, "sae.n_latents": 32}, "k=64 exceeds n_latents=32"),
+    ({"sae.architecture": "nope"}, "unknown architecture 'nope'; known: .*topk"),
+    ({"sae.sparsity_coefficient": 5.0}, "sparsity_coefficient=5.0 does not apply to topk"),
+    ({"sae.input_norm": "zscore"}, "input_norm='zscore' is not one of"),
+    ({"train.token_budget": 10}, "smaller than one batch"),
+    ({"data.dtype": "float32"}, "data.dtype='float32' is not one of"),
+])
+def test_bad_values_are_one_line_errors(kv, message):
+  with pytest.raises(config.ConfigError, match=message) as e:
+    config.resolve(_cfg(**kv), d_in=576)
+  assert "\n" not in str(e.value)
+
+
+def test_unknown_key_is_an_error():
+  with pytest.raises(config.ConfigError, match="unknown config key 'sae.kk'"):
+    _cfg(**{"sae.kk": 3})
+
+
+def test_derived_fields_follow_the_formulas():
+  c = config.resolve(_cfg(**{"sae.n_latents": 4096}), d_in=576)
+  assert c.sae.k == 32  # the TopK default
+  assert c.train.lr == pytest.approx(2e-4 / (4096 / 2**14) ** 0.5)  # Gao et al. 2024
+  assert c.train.k_aux == 256  # power of two near d_in / 2
+  assert c.train.token_budget == c.data.n_train_tokens
+  assert config.default_k_aux(768) == 512
+
+
+def test_overrides_parse_literals():
+  assert overrides.parse(["sae.k=8", "train.lr=1e-3", "data.corpus=a.txt"]) == {
+      "sae.k": 8, "train.lr": 1e-3, "data.corpus": "a.txt"}
+  with pytest.raises(config.ConfigError, match="not key=value"):
+    overrides.parse(["sae.k"])
