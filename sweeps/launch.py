@@ -46,9 +46,13 @@ def load_sweep(path: str) -> tuple[ml_collections.ConfigDict, list[dict]]:
 def run_id(point: dict, resolved: ml_collections.ConfigDict) -> str:
   """Readable id from the point's values plus a hash of the whole resolved config, so a
   changed config never reuses an old run."""
-  short = {"sae.n_latents": "n", "sae.k": "k", "train.token_budget": "t", "train.lr": "lr"}
+  short = {"sae.n_latents": "n", "sae.k": "k", "train.token_budget": "t", "train.lr": "lr",
+           "sae.architecture": "", "sae.sparsity_coefficient": "lam"}
   parts = [f"{short.get(k, k.split('.')[-1])}{v}" for k, v in point.items()]
-  digest = hashlib.sha256(json.dumps(resolved.to_dict(), sort_keys=True, default=str)
+  identity = resolved.to_dict()
+  identity.pop("out_dir", None)  # where results go is not what was trained
+  identity["data"].pop("cache_dir", None)
+  digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str)
                           .encode()).hexdigest()[:8]
   return "_".join(parts + [digest]).replace("/", "-")
 
