@@ -32,19 +32,21 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()
 
-  def restore_latest(self, template: Any, sharding: jax.sharding.Sharding
-                     ) -> tuple[Any, dict] | None:
+  def restore_latest(self, template: Any, sharding: Any) -> tuple[Any, dict] | None:
     """(state, meta) of the latest complete step, placed with `sharding`; None if none.
 
     Args:
       template: a pytree of jax.ShapeDtypeStruct (e.g. from jax.eval_shape) giving the
         structure to restore into.
+      sharding: one jax.sharding.Sharding for every leaf, or a pytree of them.
     """
     step = self._mngr.latest_step()
     if step is None:
       return None
+    if isinstance(sharding, jax.sharding.Sharding):
+      sharding = jax.tree.map(lambda _: sharding, template)
     abstract = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), template)
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), template, sharding)
     out = self._mngr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     return out["state"], out["meta"]

@@ -87,6 +87,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.first_eval_fraction = 1 / 64  # first evaluation at this fraction of the budget
   c.train.checkpoint_every_steps = 100
   c.train.n_devices = ml_collections.FieldReference(None, field_type=int)  # None: all
+  c.train.model_parallel = 1  # size of the mesh's `model` axis: latent shards
   return c
 
 

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from sae_jax import sae
+from sae_jax import sae, sharding
 
 Params = sae.Params
 
@@ -56,7 +56,7 @@ class Code(NamedTuple):
 
 def topk(pre_BxN: jax.Array, k: int) -> Code:
   """Keep the k largest pre-activations of each token, then ReLU (Gao et al. 2024, Eq. 2)."""
-  vals_BxK, idx_BxK = jax.lax.top_k(pre_BxN, k)
+  vals_BxK, idx_BxK = sharding.top_k(pre_BxN, k)
   return Code(jax.nn.relu(vals_BxK), idx_BxK)
 
 

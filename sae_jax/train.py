@@ -26,7 +26,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
-from sae_jax import checkpoint, config as config_lib, data, flops, optimizer, sae
+from sae_jax import checkpoint, config as config_lib, data, flops, optimizer, sae, sharding
 from sae_jax.geometric_median import geometric_median
 
 
@@ -105,27 +105,21 @@ def train_step(state: TrainState, x_BxD: jax.Array, *, sc: StepConfig,
   return new, metrics
 
 
-def make_mesh(n_devices: int | None = None) -> Mesh:
-  """A 1-D mesh over the first n_devices devices with the axis named `data`.
-
-  Raises ConfigError if more devices are asked for than exist."""
-  devices = jax.devices()
-  n = len(devices) if n_devices is None else n_devices
-  if not 1 <= n <= len(devices):
-    raise config_lib.ConfigError(
-        f"train.n_devices={n_devices} but {len(devices)} device(s) are visible; use 1..{len(devices)}")
-  return Mesh(np.asarray(devices[:n]), ("data",))
+make_mesh = sharding.make_mesh
 
 
-def make_train_step(mesh: Mesh, sc: StepConfig, opt: optax.GradientTransformation
+def make_train_step(mesh: Mesh, sc: StepConfig, opt: optax.GradientTransformation,
+                    state_sharding=None
                     ) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict]]:
-  """jit the train step once: state replicated, the batch sharded over `data`, the
-  state buffers donated."""
+  """jit the train step once: the state laid out by `state_sharding` (default:
+  replicated), the batch split over `data`, metrics replicated, the state donated.
+  Call it inside `jax.set_mesh(mesh)` when the mesh has a `model` axis > 1, so TopK
+  runs exactly across latent shards (`sharding.top_k`)."""
   replicated = NamedSharding(mesh, P())
-  batch = NamedSharding(mesh, P("data"))
+  state_sharding = replicated if state_sharding is None else state_sharding
   return jax.jit(functools.partial(train_step, sc=sc, opt=opt),
-                 in_shardings=(replicated, batch), out_shardings=(replicated, replicated),
-                 donate_argnums=0)
+                 in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+                 out_shardings=(state_sharding, replicated), donate_argnums=0)
 
 
 def init_state(key: jax.Array, sample_BxD: np.ndarray, c: ml_collections.ConfigDict,
@@ -189,6 +183,19 @@ def eval_steps(n_steps: int, n_points: int, first_fraction: float) -> list[int]:
   return sorted({int(min(n_steps, max(1, round(p)))) for p in pts} | {n_steps})
 
 
+def _record(c: ml_collections.ConfigDict, info: dict, d_in: int, step: int, metrics: dict,
+            train_dead_fraction: float, wall_time_s: float) -> dict:
+  """One row of the results table (README, "What the quickstart does")."""
+  tokens = step * c.train.batch_size
+  return {**info, "architecture": c.sae.architecture, "n_latents": c.sae.n_latents,
+          "k": c.sae.k, "sparsity_coefficient": c.sae.sparsity_coefficient, "d_in": d_in,
+          "tokens": tokens, "step": step,
+          "final": step == c.train.token_budget // c.train.batch_size,
+          "flops": flops.training_flops(d_in, c.sae.n_latents, tokens), **metrics,
+          "train_dead_fraction": train_dead_fraction, "wall_time_s": wall_time_s,
+          "lr": c.train.lr, "token_budget": c.train.token_budget, "config": c.to_dict()}
+
+
 def train(c: ml_collections.ConfigDict, source: data.ActivationSource, run_dir: str,
           run_info: dict | None = None, progress: bool = True) -> list[dict]:
   """Train one SAE to its token budget, resuming from run_dir's last checkpoint.
@@ -210,18 +217,21 @@ def train(c: ml_collections.ConfigDict, source: data.ActivationSource, run_dir: 
   c = config_lib.resolve(c, source.d_in)
   d_in, n_latents, B = source.d_in, c.sae.n_latents, c.train.batch_size
   n_steps = c.train.token_budget // B
-  mesh = make_mesh(c.train.n_devices)
-  if B % mesh.size:
+  mesh = sharding.make_mesh(c.train.n_devices, c.train.model_parallel)
+  n_data, n_model = mesh.shape[sharding.DATA], mesh.shape[sharding.MODEL]
+  if B % n_data:
     raise config_lib.ConfigError(
-        f"train.batch_size={B} does not split over {mesh.size} devices; use a multiple of {mesh.size}")
+        f"train.batch_size={B} does not split over {n_data} devices; use a multiple of {n_data}")
+  if n_latents % n_model:
+    raise config_lib.ConfigError(
+        f"n_latents={n_latents} does not split over {n_model} latent shards "
+        f"(train.model_parallel); use a multiple of {n_model}")
   if source.n_tokens("train") < B:
     raise config_lib.ConfigError(
         f"the cache has {source.n_tokens('train')} training tokens, fewer than one batch ({B})")
   sc = StepConfig.from_config(c)
   opt = optimizer.make(c.train.lr, c.train.adam_b1, c.train.adam_b2, c.train.adam_eps,
                        project_decoder=sc.arch.unit_norm_decoder)
-  step_fn = make_train_step(mesh, sc, opt)
-  replicated = NamedSharding(mesh, P())
   scale = data.norm_scale(c.sae.input_norm, source.stats, d_in)
 
   def fresh_state():
@@ -232,9 +242,11 @@ def train(c: ml_collections.ConfigDict, source: data.ActivationSource, run_dir: 
 
   ckpt = checkpoint.Checkpointer(f"{run_dir}/checkpoints")
   template = jax.eval_shape(fresh_state)
-  restored = ckpt.restore_latest(template, replicated)
+  state_sh = sharding.state_shardings(template, mesh, n_latents)
+  step_fn = make_train_step(mesh, sc, opt, state_sh)
+  restored = ckpt.restore_latest(template, state_sh)
   if restored is None:
-    state = jax.device_put(fresh_state(), replicated)
+    state = jax.device_put(fresh_state(), state_sh)
     meta = {"records": [], "wall_time_s": 0.0}
   else:
     state, meta = restored
@@ -258,31 +270,24 @@ def train(c: ml_collections.ConfigDict, source: data.ActivationSource, run_dir: 
     ckpt.save(step, state, {"records": records, "wall_time_s": wall0 + time.time() - t0})
     last_saved = step
 
-  pending = None  # metrics of the previous step, pulled to host one step late
   bar = tqdm(total=n_steps, initial=start_step, disable=not progress, unit="step",
              desc=info.get("run_id", "train"), leave=False)
-  for step, x in data.stream(source, B, c.seed, start_step, n_steps):
-    x = jax.device_put(x, NamedSharding(mesh, P("data")))
-    state, metrics = step_fn(state, x)
-    if pending is not None:
-      m = check(*jax.device_get(pending))
-      bar.set_postfix(nmse=f"{float(m['normalized_mse']):.4f}", refresh=False)
-    pending = (step, metrics)
-    bar.update(1)
-    done = step + 1
-    if done in evals or done % c.train.checkpoint_every_steps == 0:
-      check(*jax.device_get(pending))
-      if done in evals:
-        tokens = done * B
-        rec = {**info, "architecture": c.sae.architecture, "n_latents": n_latents,
-               "k": c.sae.k, "sparsity_coefficient": c.sae.sparsity_coefficient, "d_in": d_in, "tokens": tokens, "step": done,
-               "final": done == n_steps, "flops": flops.training_flops(d_in, n_latents, tokens),
-               **evaluate(state, source, c),
-               "train_dead_fraction": float(metrics["dead_fraction"]),
-               "wall_time_s": wall0 + time.time() - t0, "lr": c.train.lr,
-               "token_budget": c.train.token_budget, "config": c.to_dict()}
-        records.append(rec)
-      save(done)
+  pending = None  # (step, metrics) of the previous step, pulled to host one step late
+  with jax.set_mesh(mesh):
+    for step, x in data.stream(source, B, c.seed, start_step, n_steps):
+      state, metrics = step_fn(state, jax.device_put(x, sharding.batch_sharding(mesh)))
+      if pending is not None:
+        m = check(*jax.device_get(pending))
+        bar.set_postfix(nmse=f"{float(m['normalized_mse']):.4f}", refresh=False)
+      pending = (step, metrics)
+      bar.update(1)
+      done = step + 1
+      if done in evals or done % c.train.checkpoint_every_steps == 0:
+        check(*jax.device_get(pending))
+        if done in evals:
+          records.append(_record(c, info, d_in, done, evaluate(state, source, c),
+                                 float(metrics["dead_fraction"]), wall0 + time.time() - t0))
+        save(done)
   bar.close()
   if pending is not None:
     check(*jax.device_get(pending))
