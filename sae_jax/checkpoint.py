@@ -52,11 +52,20 @@ class Checkpointer:
     return out["state"], out["meta"]
 
   def restore_untyped(self, step: int | None = None) -> tuple[Any, dict]:
-    """(state as nested dicts of arrays, meta) of `step` (default: latest), without a
-    template: for inspection and export, not for resuming."""
+    """(state as nested dicts of arrays on one local device, meta) of `step` (default:
+    latest), without a template, whatever topology saved it: for inspection and export,
+    not for resuming."""
     step = self._mngr.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    metadata = ocp.StandardCheckpointer().metadata(
+        os.path.join(self.directory, str(step), "state")).item_metadata
+    metadata = getattr(metadata, "tree", metadata)
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
+                            metadata, is_leaf=lambda m: hasattr(m, "shape"))
     out = self._mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     return out["state"], out["meta"]
 
   def close(self) -> None:

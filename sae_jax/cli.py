@@ -58,6 +58,9 @@ def _train(args) -> None:
   records = train.train(resolved, cache, run_dir,
                         {"sweep": cfg.name, "run_id": rid, "model": cache.meta["model"],
                          "layer": cache.meta["layer"]})
+  from sae_jax import distributed
+  if not distributed.is_primary():
+    return
   launch.write_json_atomic(os.path.join(run_dir, "records.json"), records)
   last = records[-1]
   print(f"{run_dir}: normalized MSE {last['normalized_mse']:.4f}, L0 {last['l0']:.1f}, "
@@ -112,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   try:
+    if args.command in ("train", "sweep"):
+      from sae_jax import distributed
+      distributed.initialize()  # multi-host when the environment says so (README)
     args.fn(args)
   except config_lib.ConfigError as e:
     print(f"sae-jax: error: {e}", file=sys.stderr)

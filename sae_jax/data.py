@@ -79,10 +79,14 @@ def _permutation(n_rows: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def stream(source: ActivationSource, batch_size: int, seed: int, start_step: int,
-           end_step: int, prefetch: int = 4, split: str = "train"
-           ) -> Iterator[tuple[int, np.ndarray]]:
+           end_step: int, prefetch: int = 4, split: str = "train",
+           rows: tuple[int, int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
   """Yield (step, x_BxD float32) for steps [start_step, end_step), read by a background
-  thread `prefetch` batches ahead so reading overlaps the train step."""
+  thread `prefetch` batches ahead so reading overlaps the train step.
+
+  rows: only this [lo, hi) part of each batch (a process's share in a multi-host run).
+  """
+  lo, hi = rows or (0, batch_size)
   n_rows = source.n_tokens(split)
   q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
   stop = threading.Event()
@@ -92,7 +96,7 @@ def stream(source: ActivationSource, batch_size: int, seed: int, start_step: int
       for step in range(start_step, end_step):
         if stop.is_set():
           return
-        x = source.read(split, batch_rows(n_rows, batch_size, seed, step))
+        x = source.read(split, batch_rows(n_rows, batch_size, seed, step)[lo:hi])
         q.put((step, x))
       q.put(None)
     except BaseException as e:  # surfaced in the consumer

@@ -26,7 +26,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
-from sae_jax import checkpoint, config as config_lib, data, flops, optimizer, sae, sharding
+from sae_jax import checkpoint, config as config_lib, data, distributed, flops, optimizer, sae, sharding
 from sae_jax.geometric_median import geometric_median
 
 
@@ -137,7 +137,6 @@ def init_state(key: jax.Array, sample_BxD: np.ndarray, c: ml_collections.ConfigD
                     norm_scale=jnp.asarray(norm_scale, jnp.float32))
 
 
-@functools.partial(jax.jit, static_argnames=("sc",))
 def _eval_sums(params, extras, x_BxD, norm_scale, *, sc: StepConfig):
   x = data.normalize(x_BxD, sc.input_norm, norm_scale)
   z = sc.arch.encode(params, x, extras, sc.hp)
@@ -145,6 +144,20 @@ def _eval_sums(params, extras, x_BxD, norm_scale, *, sc: StepConfig):
   fired = z != 0
   return {"sq_err": jnp.sum(err**2), "sum_x_D": jnp.sum(x, axis=0), "sq_x": jnp.sum(x**2),
           "l0": jnp.sum(fired), "fires_N": jnp.sum(fired, axis=0)}
+
+
+@functools.lru_cache(maxsize=16)
+def _eval_fn(mesh: Mesh | None, sc: StepConfig):
+  """_eval_sums jitted with replicated outputs on `mesh` (every process can read them),
+  inside the mesh so TopK runs across latent shards."""
+  if mesh is None:
+    return jax.jit(functools.partial(_eval_sums, sc=sc))
+  fn = jax.jit(functools.partial(_eval_sums, sc=sc), out_shardings=NamedSharding(mesh, P()))
+
+  def run(*args):
+    with jax.set_mesh(mesh):
+      return fn(*args)
+  return run
 
 
 def evaluate(state: TrainState, source: data.ActivationSource, c: ml_collections.ConfigDict,
@@ -160,9 +173,10 @@ def evaluate(state: TrainState, source: data.ActivationSource, c: ml_collections
   n, sq_err, sq_x, l0 = 0, 0.0, 0.0, 0.0
   sum_x = None
   fires = np.zeros((c.sae.n_latents,), np.int64)
+  sc = StepConfig.from_config(c)
+  mesh = getattr(state.params["W_dec"].sharding, "mesh", None)
   for x in data.eval_batches(source, batch_size):
-    s = jax.device_get(_eval_sums(state.params, state.extras, x, state.norm_scale,
-                                  sc=StepConfig.from_config(c)))
+    s = jax.device_get(_eval_fn(mesh, sc)(state.params, state.extras, x, state.norm_scale))
     n += len(x)
     sq_err += float(s["sq_err"])
     sq_x += float(s["sq_x"])
@@ -270,12 +284,14 @@ def train(c: ml_collections.ConfigDict, source: data.ActivationSource, run_dir: 
     ckpt.save(step, state, {"records": records, "wall_time_s": wall0 + time.time() - t0})
     last_saved = step
 
-  bar = tqdm(total=n_steps, initial=start_step, disable=not progress, unit="step",
+  batch_sh = sharding.batch_sharding(mesh)
+  rows = distributed.local_rows(batch_sh, B)
+  bar = tqdm(total=n_steps, initial=start_step, disable=not (progress and distributed.is_primary()), unit="step",
              desc=info.get("run_id", "train"), leave=False)
   pending = None  # (step, metrics) of the previous step, pulled to host one step late
   with jax.set_mesh(mesh):
-    for step, x in data.stream(source, B, c.seed, start_step, n_steps):
-      state, metrics = step_fn(state, jax.device_put(x, sharding.batch_sharding(mesh)))
+    for step, x in data.stream(source, B, c.seed, start_step, n_steps, rows=rows):
+      state, metrics = step_fn(state, distributed.global_batch(batch_sh, x, B))
       if pending is not None:
         m = check(*jax.device_get(pending))
         bar.set_postfix(nmse=f"{float(m['normalized_mse']):.4f}", refresh=False)

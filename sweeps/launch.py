@@ -93,7 +93,10 @@ def run_sweep(path: str, cli_overrides: dict | None = None, fit: bool = True,
   Finished points (records.json present) are skipped; interrupted ones resume from their
   last checkpoint. Every point's config is validated before anything runs.
   """
-  from sae_jax import activations, train  # heavy imports only when running
+  from sae_jax import activations, distributed, train  # heavy imports only when running
+  primary = distributed.is_primary()
+  if not primary:
+    log = lambda *_: None  # noqa: E731 -- only process 0 speaks and writes
 
   base, points = load_sweep(path)
   base = overrides_lib.apply(base, cli_overrides or {})
@@ -123,17 +126,21 @@ def run_sweep(path: str, cli_overrides: dict | None = None, fit: bool = True,
       log(f"[{i + 1}/{len(points)}] {rid}: finished earlier, reusing its records")
     else:
       os.makedirs(run_dir, exist_ok=True)
-      write_json_atomic(os.path.join(run_dir, "config.json"), resolved.to_dict())
+      if primary:
+        write_json_atomic(os.path.join(run_dir, "config.json"), resolved.to_dict())
       log(f"[{i + 1}/{len(points)}] {rid}: training {resolved.train.token_budget:,} tokens")
       info = {"sweep": base.name, "run_id": rid, "model": cache.meta["model"],
               "layer": cache.meta["layer"], "cache": os.path.basename(cache.path)}
-      records = train.train(resolved, cache, run_dir, info, progress=progress)
-      write_json_atomic(rec_path, records)
+      records = train.train(resolved, cache, run_dir, info, progress=progress and primary)
+      if primary:
+        write_json_atomic(rec_path, records)
       last = records[-1]
       log(f"    normalized MSE {last['normalized_mse']:.4f}, L0 {last['l0']:.1f}, "
           f"dead {last['dead_fraction']:.3f}, {last['wall_time_s']:.0f} s")
     results.extend(records)
   results_path = os.path.join(out, "results.jsonl")
+  if not primary:
+    return results_path
   write_json_atomic(results_path, results, jsonl=True)
   log(f"{len(results)} records of {len(points)} runs -> {results_path} ({time.time() - t0:.0f} s)")
   if fit:
