@@ -129,3 +129,39 @@ def test_nan_loss_stops_with_the_step(tmp_path):
   bad_step = next(s for s, r in enumerate(rows) if (3 * 256 + 5) in r)
   with pytest.raises(train.TrainingDivergedError, match=f"at step {bad_step}"):
     train.train(_config(n_devices=1), source, str(tmp_path), progress=False)
+
+
+def test_many_saes_in_one_data_pass_equal_each_alone(tmp_path):
+  """Each batch is read once and fed to every SAE; each ends as if trained alone, even
+  with different sizes, token budgets and one of them resuming from a checkpoint."""
+  source = _source()
+  configs = [_config(n_devices=1), _config(n_devices=1), _config(n_devices=1)]
+  configs[1].sae.n_latents = 64
+  configs[2].train.token_budget = 2048
+  alone = [train.train(c, source, str(tmp_path / f"alone{i}"), progress=False)
+           for i, c in enumerate(configs)]
+  # the second SAE has already done part of its run
+  original = data.stream
+  train.data.stream = lambda s, b, seed, start, end, **kw: original(s, b, seed, start, min(end, 5), **kw)
+  try:
+    train.train(configs[1], source, str(tmp_path / "many1"), progress=False)
+  finally:
+    train.data.stream = original
+  reads = []
+  read = source.read
+  source.read = lambda split, rows: reads.append(split) or read(split, rows)
+  together = train.train_many(configs, source, [str(tmp_path / f"many{i}") for i in range(3)],
+                              progress=False)
+  source.read = read
+  # one read per batch, plus the geometric-median sample of the two fresh runs
+  assert reads.count("train") == 16 + 2
+  strip = lambda rs: [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rs]
+  for a, b in zip(alone, together):
+    assert strip(a) == strip(b)
+
+
+def test_a_data_pass_needs_the_same_batches(tmp_path):
+  a, b = _config(n_devices=1), _config(n_devices=1)
+  b.train.batch_size = 128
+  with pytest.raises(config.ConfigError, match="same seed, batch size and devices"):
+    train.train_many([a, b], _source(), [str(tmp_path / "a"), str(tmp_path / "b")])
