@@ -165,3 +165,27 @@ def test_a_data_pass_needs_the_same_batches(tmp_path):
   b.train.batch_size = 128
   with pytest.raises(config.ConfigError, match="same seed, batch size and devices"):
     train.train_many([a, b], _source(), [str(tmp_path / "a"), str(tmp_path / "b")])
+
+
+def test_a_save_killed_midway_leaves_the_previous_checkpoint(tmp_path):
+  """Orbax writes a step into a temporary directory and renames it when complete; what a
+  kill during a save leaves behind is ignored, and the run resumes from the last
+  complete step to the same end."""
+  source = _source()
+  full = train.train(_config(n_devices=1), source, str(tmp_path / "full"), progress=False)
+  original = data.stream
+  train.data.stream = lambda s, b, seed, start, end, **kw: original(s, b, seed, start, min(end, 8), **kw)
+  try:
+    train.train(_config(n_devices=1), source, str(tmp_path / "part"), progress=False)
+  finally:
+    train.data.stream = original
+  ckpts = tmp_path / "part" / "checkpoints"
+  assert sorted(p.name for p in ckpts.iterdir() if p.name.isdigit()) == ["4", "8"]
+  torn = ckpts / "12.orbax-checkpoint-tmp-1700000000000000"  # a save cut short
+  (torn / "state").mkdir(parents=True)
+  (torn / "state" / "garbage").write_bytes(b"\0" * 100)
+  from sae_jax import checkpoint
+  assert checkpoint.Checkpointer(str(ckpts)).latest_step() == 8
+  resumed = train.train(_config(n_devices=1), source, str(tmp_path / "part"), progress=False)
+  strip = lambda rs: [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rs]
+  assert strip(resumed) == strip(full)
