@@ -1,25 +1,49 @@
-"""Scaling-law analysis of a sweep: run records -> fits -> plots (the end of the data flow).
+"""Scaling-law analysis of one sweep or many: run records -> fits -> plots (the end of the
+data flow).
 
     from analysis import fit_sweep
     fits = fit_sweep("runs/quickstart/results.jsonl")   # fits.json + plots/ beside it
 
-Modules: `results` (read results.jsonl), `fits` (L(N), L(C), frontier), `plots`
-(figures), `report` (`fit_sweep` and the `sae-jax fit` subcommand).
+    from analysis import fit_law
+    fit = fit_law("power_law_irreducible", n_latents, loss)   # params, stderr, ci95, ...
+
+Modules: `results` (read results.jsonl, filter, group runs), `laws` (the laws, as data),
+`fits` (the fitting engine `fit_law`: Huber in log space, L-BFGS-B from a grid, bootstrap
+intervals; L(N), L(C), the frontier, Eq. 3; `fit_scaling_laws`), `convergence` (the rule
+that says when a run has converged), `optimal` (compute-optimal allocation, optimal lr),
+`plots` (the figures, PNG + PDF), `report` (`fit_sweep` and the `sae-jax fit` subcommand).
 """
 
-from analysis.fits import PowerLawFit, compute_frontier, fit_power_law, fit_scaling_laws
-from analysis.plots import plot_loss_vs_compute, plot_loss_vs_n, plot_loss_vs_tokens
+from analysis.convergence import convergence_table
+from analysis.fits import (LawFit, PowerLawFit, compute_frontier, fit_law, fit_power_law,
+                           fit_scaling_laws)
+from analysis.laws import LAWS
+from analysis.optimal import compute_optimal_allocation, optimal_learning_rates
+from analysis.plots import (plot_compute_optimal, plot_extrapolation, plot_fig1,
+                            plot_loss_vs_compute, plot_loss_vs_k, plot_loss_vs_n,
+                            plot_loss_vs_tokens, plot_lr_sweep)
 from analysis.report import fit_sweep
 from analysis.results import load_results
 
 __all__ = [
+    "LAWS",
+    "LawFit",
     "PowerLawFit",
     "compute_frontier",
+    "compute_optimal_allocation",
+    "convergence_table",
+    "fit_law",
     "fit_power_law",
     "fit_scaling_laws",
     "fit_sweep",
     "load_results",
+    "optimal_learning_rates",
+    "plot_compute_optimal",
+    "plot_extrapolation",
+    "plot_fig1",
     "plot_loss_vs_compute",
+    "plot_loss_vs_k",
     "plot_loss_vs_n",
     "plot_loss_vs_tokens",
+    "plot_lr_sweep",
 ]

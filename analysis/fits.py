@@ -1,23 +1,33 @@
-"""Scaling-law fits: L(N) at convergence and L(C) on the compute-efficient frontier.
+"""Scaling-law fits: the engine (`fit_law`) and the fits of a results table.
 
-Laws (Gao et al. 2024, Sec. 3.1, Fig. 1; Kaplan et al. 2020; Hoffmann et al. 2022):
+Laws (registry in `analysis.laws`; Gao et al. 2024, Sec. 3, Fig. 1; Kaplan et al. 2020;
+Hoffmann et al. 2022; Templeton et al. 2024):
 
-* ``L(N) = a * N^(-alpha)``          -- pure power law in n_latents N (or compute C);
-* ``L(N) = a * N^(-alpha) + c``      -- with an irreducible loss c >= 0
-  (Gao et al. 2024, Eq. 4 has the same form in n and k).
+* ``L(N) = a * N^(-alpha) + c``   -- L(N) at convergence with an irreducible loss c
+  (and without c), per k;
+* ``L(C) = a * C^(-alpha)``       -- on the compute-efficient frontier (the lower envelope
+  of every evaluation point of every run vs training compute);
+* ``L(n, k) = exp(alpha + beta_k log k + beta_n log n + gamma log k log n)
+  + exp(zeta + eta log k)``        -- Gao et al. 2024, Eq. 3;
+* ``n*(C) = A C^a, D*(C) = B C^b`` -- compute-optimal allocation (`analysis.optimal`);
+* ``lr*(n) = a n^(-alpha)``       -- the optimal learning rate (`analysis.optimal`).
 
-L is the normalized MSE (FVU). Every fit is done in log space, residual
-``log L_pred - log L_obs``, so each point weighs by its relative error. The pure power
-law is linear in (log a, alpha) and is solved exactly by least squares (it equals
-`np.polyfit(log N, log L, 1)`); the law with c is non-linear and is fitted with
-`scipy.optimize.least_squares` under a Huber loss (delta 1e-3, Hoffmann et al. 2022,
-Sec. 3.3 / App. D.2) from a small grid of starting points, keeping the best.
+L is the normalized MSE (FVU). **How every law is fitted** (`fit_law`): in log space,
+residual ``r = log L_pred - log L_obs`` (each point weighs by its relative error), the
+mean Huber loss of r (delta 1e-3, Hoffmann et al. 2022, Sec. 3.3 / App. D.2) minimised
+by L-BFGS-B (scipy) from a grid of starting values, keeping the best. Uncertainty:
+standard errors from the Jacobian at the optimum (Gauss-Newton), and percentile 95%
+intervals from a seeded bootstrap over points (resample with replacement, refit).
+`fit_power_law` is the older two-law interface: its pure power law is exact least
+squares (= `np.polyfit` in log-log), its law with c goes through `fit_law`.
+
+Convergence of runs is judged by the rule of `analysis.convergence`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import itertools
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -26,12 +36,16 @@ from typing import Any
 import numpy as np
 import scipy.optimize
 
+try:  # BLAS threads only slow down these tiny problems (10x on 2 cores): use one while fitting
+  from threadpoolctl import threadpool_limits as _threadpool_limits
+except ImportError:  # pragma: no cover
+  _threadpool_limits = None
+
+from analysis import laws as laws_lib
 from sae_jax.config import ConfigError
 
 LOSS_KEY = "normalized_mse"
 HUBER_DELTA = 1e-3  # Hoffmann et al. 2022, App. D.2
-_ALPHA_GRID = (0.1, 0.3, 0.6, 1.0, 1.5)
-_C_FRACTION_GRID = (0.01, 0.3, 0.6, 0.9)  # initial c as a fraction of min(L)
 _C_ZERO = 1e-4  # c below this fraction of min(L): the irreducible term vanished
 _C_AT_MIN = 0.99  # c above this fraction of min(L): the power-law part vanished
 
@@ -141,9 +155,10 @@ def fit_power_law(n: Sequence[float] | np.ndarray, loss: Sequence[float] | np.nd
 
   Residuals are ``log L_pred - log L_obs``. Parametrised by (log a, alpha[, log c]) so
   a, c > 0. Without c the problem is linear and is solved by least squares (identical
-  to `np.polyfit(log n, log L, 1)`: slope -alpha, intercept log a). With c it is solved
-  by `scipy.optimize.least_squares` with a Huber loss (`huber_delta`, in log-loss
-  units) from a grid of 20 starts; x is centred at its geometric mean internally.
+  to `np.polyfit(log n, log L, 1)`: slope -alpha, intercept log a). With c it is
+  `fit_law("power_law_irreducible", ...)` without bootstrap: Huber loss (`huber_delta`,
+  in log-loss units), L-BFGS-B from a grid of 20 starts. Prefer `fit_law` for new code:
+  it also gives bootstrap intervals.
 
   Args:
     n: (P,) the scale variable, > 0: n_latents for L(N), compute in FLOPs for L(C).
@@ -183,61 +198,348 @@ def fit_power_law(n: Sequence[float] | np.ndarray, loss: Sequence[float] | np.nd
                        n_points=len(x_P), residuals=r_P.tolist(), x=x_P.tolist(),
                        y=y_P.tolist(), x_name=x_name, irreducible=False, method="ols")
 
-  y_min = float(y_P.min())
+  fit = fit_law(laws_lib.POWER_LAW_IRREDUCIBLE, x_P, y_P, variables={"x": x_name},
+                huber_delta=huber_delta, n_bootstrap=0, warn=False)
+  if fit.note:
+    warnings.warn(f"degenerate fit of {law}: {fit.note}", stacklevel=2)
+  return PowerLawFit(law=law, params=fit.params, stderr=fit.stderr, n_points=fit.n_points,
+                     residuals=fit.residuals, x=x_P.tolist(), y=y_P.tolist(), x_name=x_name,
+                     irreducible=True, method=f"huber(delta={huber_delta:g})",
+                     degenerate=fit.degenerate, note=fit.note)
 
-  def parts(theta):
-    log_b, alpha, log_c = theta
-    p_P = np.exp(log_b - alpha * u_P)
-    c = math.exp(log_c)
-    return p_P, c, p_P + c
+# --- the general engine: any law of `analysis.laws`, Huber in log space, L-BFGS-B -------------
 
-  def residuals(theta):
-    return np.log(parts(theta)[2]) - logy_P
+N_BOOTSTRAP = 1000
+_COND_MAX = 1e12  # cond(J^T J) above this: the design does not identify the parameters
 
-  def jacobian(theta):
-    p_P, c, pred_P = parts(theta)
-    return np.stack([p_P / pred_P, -u_P * p_P / pred_P, c / pred_P], axis=1)
 
-  lower = [-np.inf, -10.0, math.log(y_min) - 30.0]
-  upper = [np.inf, 10.0, math.log(float(y_P.max())) + 1.0]
-  best = None
-  for alpha0, frac in itertools.product(_ALPHA_GRID, _C_FRACTION_GRID):
-    c0 = frac * y_min
-    log_b0 = float(np.mean(np.log(y_P - c0) + alpha0 * u_P))
-    try:
-      with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        res = scipy.optimize.least_squares(
-            residuals, [log_b0, alpha0, math.log(c0)], jac=jacobian, bounds=(lower, upper),
-            loss="huber", f_scale=huber_delta, method="trf", ftol=1e-12, xtol=1e-12,
-            gtol=1e-12, max_nfev=2000)
-    except (ValueError, FloatingPointError):
-      continue
-    if np.all(np.isfinite(res.fun)) and (best is None or res.cost < best.cost):
-      best = res
-  if best is None:
-    raise ConfigError(f"cannot fit {law}: the optimiser failed from every start; "
-                      f"fit without the irreducible term")
-  log_b, alpha, log_c = best.x
-  r_P = residuals(best.x)
-  T = np.array([[1.0, log_x0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-  se_log_a, se_alpha, se_log_c = _stderr(jacobian(best.x), r_P, T)
-  a, c = math.exp(log_b + alpha * log_x0), math.exp(log_c)
+@dataclasses.dataclass(frozen=True)
+class LawFit:
+  """A fitted law of `analysis.laws` with its uncertainty.
 
-  note = ""
+  Attributes:
+    law: the registry name ("power_law", "power_law_irreducible", "joint_nk",
+      "growth_power_law").
+    formula: the law as written, e.g. "L = a * x^(-alpha) + c".
+    params: name -> value (e.g. "a", "alpha", "c"; Eq. 3: "alpha", "beta_k", ...).
+    stderr: name -> standard error, or None where the design does not determine it.
+      Gauss-Newton approximation at the optimum: cov = s^2 T (J^T J)^-1 T^T with J the
+      Jacobian of log L_pred, s^2 = sum r^2 / (P - Q); a, c, A by the delta method.
+    ci95: name -> [lo, hi], the percentile 95% bootstrap interval (None without bootstrap).
+    n_points: P, the points fitted.
+    residuals: (P,) log L_pred - log L_obs (natural log), in input order.
+    x: law input name -> (P,) values (e.g. {"x": [...]}, or {"n": [...], "k": [...]}).
+    variables: law input name -> the record field it came from (e.g. {"x": "n_latents"}).
+    y: (P,) the observed values (normalized MSE, or n_latents*, lr*, ...).
+    objective: the Huber objective at the optimum (mean over points, in units of delta).
+    huber_delta: the Huber threshold, in natural-log units (Hoffmann et al. 2022: 1e-3).
+    n_starts: starting points tried (the grid of `Law.inits`).
+    bootstrap: (B, Q) the refitted parameters of each bootstrap resample (named order).
+    seed: the bootstrap seed.
+    degenerate: True if the fit ran to an edge or the parameters are not identified.
+    note: why it is degenerate, or why there are no intervals (too few points for a
+      bootstrap: every resample that can be fitted is nearly the data itself); "".
+  """
+
+  law: str
+  formula: str
+  params: dict[str, float]
+  stderr: dict[str, float | None]
+  ci95: dict[str, list[float] | None]
+  n_points: int
+  residuals: list[float]
+  x: dict[str, list[float]]
+  variables: dict[str, str]
+  y: list[float]
+  objective: float
+  huber_delta: float
+  n_starts: int
+  bootstrap: list[list[float]] = dataclasses.field(default_factory=list)
+  seed: int = 0
+  degenerate: bool = False
+  note: str = ""
+
+  @property
+  def spec(self) -> laws_lib.Law:
+    return laws_lib.LAWS[self.law]
+
+  def predict(self, x: Any, params: Mapping[str, float] | None = None) -> np.ndarray:
+    """The law at x: an array (one-input laws) or a mapping input name -> array (Eq. 3: n, k).
+
+    Raises:
+      ConfigError: x lacks an input of the law.
+    """
+    logx = _log_inputs(self.spec, x)
+    theta = self.spec.theta(self.params if params is None else params)
+    return np.exp(self.spec.log_predict(theta, logx))
+
+  def predict_band(self, x: Any, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Pointwise bootstrap band of the law at x: the (1-level)/2 and (1+level)/2 quantiles
+    of the predictions of the bootstrap refits (the extrapolation uncertainty).
+
+    Raises:
+      ConfigError: the fit has no bootstrap samples (fit with n_bootstrap > 0).
+    """
+    if not self.bootstrap:
+      raise ConfigError(f"the {self.law} fit has no bootstrap samples; refit with n_bootstrap > 0")
+    logx = _log_inputs(self.spec, x)
+    preds = np.stack([self.spec.log_predict(np.array(
+        [math.log(v) if p in self.spec.log_params else v for p, v in zip(self.spec.params, b)]),
+        logx) for b in self.bootstrap])
+    q = np.quantile(preds, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    return np.exp(q[0]), np.exp(q[1])
+
+  def to_dict(self) -> dict[str, Any]:
+    """A JSON-serialisable dict (non-finite numbers become None); `from_dict` inverts it."""
+    return _json_safe(dataclasses.asdict(self))
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> "LawFit":
+    """The LawFit of a `to_dict` (e.g. read back from fits.json).
+
+    Raises:
+      ConfigError: `d` is not a LawFit dict (an {"error": ...} entry, say).
+    """
+    names = {f.name for f in dataclasses.fields(cls)}
+    if "law" not in d or d["law"] not in laws_lib.LAWS:
+      raise ConfigError(f"not a fitted law: {str(d.get('error', d))[:200]}")
+    return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _log_inputs(law: laws_lib.Law, x: Any) -> dict[str, np.ndarray]:
+  if not isinstance(x, Mapping):
+    if len(law.inputs) != 1:
+      raise ConfigError(f"law {law.name} takes inputs {', '.join(law.inputs)}: pass a dict")
+    x = {law.inputs[0]: x}
+  missing = [i for i in law.inputs if i not in x]
+  if missing:
+    raise ConfigError(f"law {law.name} needs input(s) {', '.join(missing)}; got {', '.join(x)}")
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return {i: np.log(np.asarray(x[i], dtype=np.float64)) for i in law.inputs}
+
+
+def _pred_and_jac(Fs: list[np.ndarray], theta_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """log L_pred (P,) = logsumexp_j F_j @ theta_c and its Jacobian (P, Q)."""
+  F_JxPxQ = np.stack(Fs)
+  t_JxP = F_JxPxQ @ theta_c
+  m_P = t_JxP.max(axis=0)
+  e_JxP = np.exp(t_JxP - m_P)
+  s_P = e_JxP.sum(axis=0)
+  return m_P + np.log(s_P), np.einsum("jp,jpq->pq", e_JxP / s_P, F_JxPxQ)
+
+
+def _minimise(Fs, logy, starts, delta, ftol=1e-15):
+  """Best L-BFGS-B solution over the starts of the mean Huber loss (in units of delta) of
+  r = log L_pred - log y: (theta_c, objective), or (None, inf) if every start failed."""
+  F_JxPxQ = np.stack(Fs)
+  P = len(logy)
+
+  def fun(theta_c):
+    t_JxP = F_JxPxQ @ theta_c
+    m_P = t_JxP.max(axis=0)
+    e_JxP = np.exp(t_JxP - m_P)
+    s_P = e_JxP.sum(axis=0)
+    r_P = m_P + np.log(s_P) - logy
+    a_P = np.abs(r_P)
+    f = float(np.where(a_P <= delta, 0.5 * r_P * r_P / delta, a_P - 0.5 * delta).sum()) / P
+    if not math.isfinite(f):
+      return 1e30, np.zeros_like(theta_c)
+    psi_P = np.clip(r_P / delta, -1.0, 1.0) / P
+    return f, np.einsum("jpq,jp->q", F_JxPxQ, e_JxP * (psi_P / s_P))
+
+  best, best_f = None, np.inf
+  with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+    for theta0 in starts:
+      if not np.all(np.isfinite(theta0)):
+        continue
+      res = scipy.optimize.minimize(fun, theta0, jac=True, method="L-BFGS-B",
+                                    options={"maxiter": 3000, "ftol": ftol, "gtol": 1e-11,
+                                             "maxcor": 20})
+      if np.isfinite(res.fun) and res.fun < best_f and np.all(np.isfinite(res.x)):
+        best, best_f = res.x, float(res.fun)
+  return best, best_f
+
+
+def _check_law_inputs(law, x, y_P, variables):
+  """Validated (P,) arrays per input and y; ConfigError in one line for anything unusable."""
+  name = f"{law.name} ({law.formula})"
+  if not isinstance(x, Mapping):
+    if len(law.inputs) != 1:
+      raise ConfigError(f"cannot fit {name}: pass a dict with inputs {', '.join(law.inputs)}")
+    x = {law.inputs[0]: x}
+  missing = [i for i in law.inputs if i not in x]
+  if missing:
+    raise ConfigError(f"cannot fit {name}: missing input(s) {', '.join(missing)}")
+  y_P = np.asarray(y_P, dtype=np.float64)
+  if y_P.size == 0:
+    raise ConfigError(f"cannot fit {name}: no points (check the records and the filters)")
+  xs = {i: np.asarray(x[i], dtype=np.float64) for i in law.inputs}
+  for i, v in xs.items():
+    if v.ndim != 1 or y_P.ndim != 1 or v.shape != y_P.shape:
+      raise ConfigError(f"cannot fit {name}: {variables[i]} and the loss must be 1-D of equal "
+                        f"length, got shapes {v.shape} and {y_P.shape}")
+  bad = ~np.isfinite(y_P) | (y_P <= 0)
+  if bad.any():
+    j = int(np.argmax(bad))
+    raise ConfigError(f"cannot fit {name}: values must be finite and positive, got {y_P[j]!r} "
+                      f"({int(bad.sum())} bad of {len(y_P)}); drop diverged runs or filter them out")
+  for i, v in xs.items():
+    bad = ~np.isfinite(v) | (v <= 0)
+    if bad.any():
+      raise ConfigError(f"cannot fit {name}: {variables[i]} must be finite and positive, "
+                        f"got {v[int(np.argmax(bad))]!r}")
+  for (i, v), need in zip(xs.items(), law.min_distinct):
+    distinct = np.unique(v)
+    if len(distinct) < need:
+      shown = ", ".join(f"{d:g}" for d in distinct[:8]) + (", ..." if len(distinct) > 8 else "")
+      raise ConfigError(f"cannot fit {name}: need at least {need} points with distinct "
+                        f"{variables[i]}, got {len(distinct)} ({variables[i]}={shown})")
+  if len(y_P) < law.n_params + 1:
+    raise ConfigError(f"cannot fit {name}: need at least {law.n_params + 1} points for "
+                      f"{law.n_params} parameters, got {len(y_P)}")
+  return xs, y_P
+
+
+def _enough_distinct(law, xs, idx):
+  return all(len(np.unique(xs[i][idx])) >= need for i, need in zip(law.inputs, law.min_distinct))
+
+
+def fit_law(law: str | laws_lib.Law, x: Any, y: Sequence[float] | np.ndarray, *,
+            variables: Mapping[str, str] | None = None, huber_delta: float = HUBER_DELTA,
+            n_bootstrap: int = N_BOOTSTRAP, seed: int = 0, warn: bool = True) -> LawFit:
+  """Fit a scaling law in log space: Huber loss, L-BFGS-B from a grid of starts, bootstrap.
+
+  The objective is the mean Huber loss (threshold `huber_delta`) of the log residuals
+  r = log L_pred - log L_obs, minimised with `scipy.optimize.minimize(method="L-BFGS-B")`
+  from every start of the law's grid, keeping the best (Hoffmann et al. 2022, Sec. 3.3 /
+  App. D.2). Inputs are centred in log space for conditioning; the parameters are mapped
+  back exactly. The bootstrap resamples the P points with replacement (numpy Generator
+  seeded by `seed`; a resample that no longer has the law's minimum distinct values is
+  redrawn), refits from the optimum, and takes the 2.5% and 97.5% percentiles per
+  parameter.
+
+  Args:
+    law: a name in `analysis.laws.LAWS` ("power_law", "power_law_irreducible",
+      "joint_nk", "growth_power_law") or a `Law`.
+    x: (P,) inputs of a one-input law, or a mapping input name -> (P,) (Eq. 3: "n", "k"),
+      all finite and > 0.
+    y: (P,) observed values, finite and > 0 (normalized MSE, or n_latents*, lr*, ...).
+    variables: law input name -> the field name used in messages (default: the input name).
+    huber_delta: Huber threshold in natural-log units (Hoffmann et al. 2022: 1e-3).
+    n_bootstrap: bootstrap resamples (0: no intervals, no bands).
+    seed: the bootstrap seed.
+    warn: warn (UserWarning) when the fit is degenerate.
+
+  Returns:
+    A `LawFit`. A degenerate fit (an irreducible term c -> 0 or -> min L, or parameters
+    the design does not identify) has `degenerate` set, a `note`, and warns.
+
+  Raises:
+    ConfigError: unknown law; shapes differ; a value is NaN, inf or <= 0; too few
+      distinct values of an input (`Law.min_distinct`: e.g. a single value of n); fewer
+      than Q + 1 points; the optimiser fails from every start.
+  """
+  if isinstance(law, str):
+    if law not in laws_lib.LAWS:
+      raise ConfigError(f"unknown law {law!r}; known: {', '.join(laws_lib.LAWS)}")
+    law = laws_lib.LAWS[law]
+  variables = {i: (variables or {}).get(i, i) for i in law.inputs}
+  xs, y_P = _check_law_inputs(law, x, y, variables)
+  if huber_delta <= 0:
+    raise ConfigError(f"huber_delta={huber_delta} must be positive (Hoffmann et al. use 1e-3)")
+  logx = {i: np.log(v) for i, v in xs.items()}
+  mu = {i: float(v.mean()) for i, v in logx.items()}
+  u = {i: v - mu[i] for i, v in logx.items()}
+  logy = np.log(y_P)
+  starts = law.inits(u, logy)
+  with _one_blas_thread():
+    return _fit_law(law, xs, y_P, u, mu, logy, starts, variables, huber_delta, n_bootstrap,
+                    seed, warn)
+
+
+def _one_blas_thread():
+  return _threadpool_limits(1, user_api="blas") if _threadpool_limits else contextlib.nullcontext()
+
+
+def _fit_law(law, xs, y_P, u, mu, logy, starts, variables, huber_delta, n_bootstrap, seed, warn):
+  Fs = law.design(u)
+  theta_c, objective = _minimise(Fs, logy, starts, huber_delta)
+  if theta_c is None:
+    raise ConfigError(f"cannot fit {law.name}: the optimiser failed from every start; "
+                      f"check the data or use a simpler law")
+  T = law.uncentre(mu)
+  theta = T @ theta_c
+  params = law.named(theta)
+  log_pred, J = _pred_and_jac(Fs, theta_c)
+  r_P = log_pred - logy
+  P, Q = J.shape
+
+  notes = []
+  JtJ = J.T @ J
+  cond = np.linalg.cond(JtJ)
+  se_theta = np.full(Q, np.nan)
+  if not np.isfinite(cond) or cond > _COND_MAX:
+    notes.append(f"the design does not identify all {Q} parameters (cond(J^T J) = {cond:.2g}); "
+                 f"add distinct values of {', '.join(variables.values())}")
+  elif P > Q:
+    cov = float(r_P @ r_P) / (P - Q) * T @ np.linalg.inv(JtJ) @ T.T
+    se_theta = np.sqrt(np.clip(np.diag(cov), 0, None))
+  stderr = {p: float(params[p] * s if p in law.log_params else s)
+            for p, s in zip(law.params, se_theta)}
+  stderr = {p: (s if math.isfinite(s) else None) for p, s in stderr.items()}
+  notes += _edge_notes(law, params, y_P, xs, variables)
+
+  boots, ci95, boot_note = [], {p: None for p in law.params}, ""
+  if n_bootstrap > 0:
+    rng = np.random.default_rng(seed)
+    for _ in range(n_bootstrap):
+      for _attempt in range(100):
+        idx = rng.integers(0, P, P)
+        if _enough_distinct(law, xs, idx):
+          break
+      else:
+        continue
+      tb, _ = _minimise([F[idx] for F in Fs], logy[idx], [theta_c], huber_delta, ftol=1e-12)
+      if tb is not None:
+        boots.append([v for v in law.named(T @ tb).values()])
+    distinct = len(np.unique(np.round(np.array(boots), 10), axis=0)) if boots else 0
+    if distinct < max(10, min(n_bootstrap, 1000) // 10):
+      boot_note = (f"the bootstrap gave only {distinct} distinct refits of {n_bootstrap} "
+                   f"({P} points; the law needs {', '.join(map(str, law.min_distinct))} distinct "
+                   f"{', '.join(variables.values())}): no intervals; add points")
+      boots = []
+    else:
+      lo, hi = np.percentile(np.array(boots), [2.5, 97.5], axis=0)
+      ci95 = {p: [float(a), float(b)] for p, a, b in zip(law.params, lo, hi)}
+
+  degenerate = bool(notes)
+  note = "; ".join(notes + ([boot_note] if boot_note else []))
+  if note and warn:
+    warnings.warn(f"{'degenerate' if degenerate else 'uncertain'} fit of {law.name}: {note}",
+                  stacklevel=3)
+  return LawFit(law=law.name, formula=law.formula, params=params, stderr=stderr, ci95=ci95,
+                n_points=P, residuals=r_P.tolist(), x={i: v.tolist() for i, v in xs.items()},
+                variables=variables, y=y_P.tolist(), objective=objective,
+                huber_delta=float(huber_delta), n_starts=len(starts), bootstrap=boots,
+                seed=int(seed), degenerate=degenerate, note=note)
+
+
+def _edge_notes(law, params, y_P, xs, variables) -> list[str]:
+  """Law-specific degeneracies: an irreducible term that ran to 0 or swallowed the law."""
+  if law.name != "power_law_irreducible":
+    return []
+  c, y_min = params["c"], float(y_P.min())
+  x, name = xs["x"], variables["x"]
+  if params["alpha"] <= 0:
+    return [f"alpha={params['alpha']:.3g} <= 0: the loss does not fall with {name} "
+            f"(undertrained runs?); the law with an irreducible term does not apply"]
   if c < _C_ZERO * y_min:
-    note = (f"c={c:.3g} ran to 0: no irreducible loss is resolved over {x_name} in "
-            f"[{x_P.min():g}, {x_P.max():g}]; use the pure power law")
-  elif c > _C_AT_MIN * y_min:
-    note = (f"c={c:.3g} reaches the smallest loss {y_min:.3g}: the power-law part is not "
-            f"resolved; widen the {x_name} range or use the pure power law")
-  if note:
-    warnings.warn(f"degenerate fit of {law}: {note}", stacklevel=2)
-  return PowerLawFit(law=law, params={"a": a, "alpha": float(alpha), "c": c},
-                     stderr={"a": float(a * se_log_a), "alpha": float(se_alpha),
-                             "c": float(c * se_log_c)},
-                     n_points=len(x_P), residuals=r_P.tolist(), x=x_P.tolist(),
-                     y=y_P.tolist(), x_name=x_name, irreducible=True,
-                     method=f"huber(delta={huber_delta:g})", degenerate=bool(note), note=note)
+    return [f"c={c:.3g} ran to 0: no irreducible loss is resolved over {name} in "
+            f"[{x.min():g}, {x.max():g}]; use the pure power law"]
+  if c > _C_AT_MIN * y_min:
+    return [f"c={c:.3g} reaches the smallest loss {y_min:.3g}: the power-law part is not "
+            f"resolved; widen the {name} range or use the pure power law"]
+  return []
 
 
 def compute_frontier(flops: Sequence[float] | np.ndarray,
@@ -298,40 +600,76 @@ def is_usable(record: Mapping[str, Any], *fields: str) -> bool:
   return True
 
 
-def _try_fit(x, y, irreducible: bool, x_name: str) -> dict[str, Any]:
+def _try(fn, *args, **kwargs) -> dict[str, Any]:
+  """fn(...).to_dict() (or fn(...) if a dict), or {"error": message} on a ConfigError."""
   try:
-    return fit_power_law(x, y, irreducible, x_name=x_name).to_dict()
+    out = fn(*args, **kwargs)
   except ConfigError as e:
     return {"error": str(e)}
+  return out.to_dict() if hasattr(out, "to_dict") else out
 
 
-def fit_scaling_laws(records: Sequence[Mapping[str, Any]], *,
-                     loss_key: str = LOSS_KEY) -> dict[str, Any]:
-  """All scaling-law fits of a results table (Gao et al. 2024, Sec. 3.1, Fig. 1).
+def _groups(records, multi_arch):
+  groups: dict[str, list[Mapping[str, Any]]] = {}
+  for r in records:
+    groups.setdefault(group_key(r, multi_arch), []).append(r)
+  return {k: groups[k] for k in sorted(groups, key=_k_sort)}
 
-  * ``L_N``: per k, L(N) at convergence from the `final` records: the pure power law
-    ("power_law") and the law with an irreducible term ("irreducible", needs 4 distinct
-    n_latents). A fit that cannot be done holds {"error": "..."} instead.
+
+CONVERGENCE_POLICIES = ("include", "exclude")
+
+
+def fit_scaling_laws(records: Sequence[Mapping[str, Any]], *, loss_key: str = LOSS_KEY,
+                     convergence: str = "include", rel_tol: float = 0.05,
+                     n_bootstrap: int = 200, seed: int = 0,
+                     huber_delta: float = HUBER_DELTA) -> dict[str, Any]:
+  """Every scaling-law fit a results table supports (one sweep or several, pooled).
+
+  * ``convergence``: each run judged by the rule of `analysis.convergence` (relative
+    drop of loss over the last doubling of tokens < `rel_tol`).
+  * ``L_N``: per k (and architecture, if several), L(N) at convergence from the `final`
+    records: "power_law" and "irreducible" (Gao et al. 2024, Sec. 3.1), with the
+    unconverged runs listed in "unconverged". `convergence="include"` (default) fits them
+    too and warns; "exclude" leaves them out and warns.
   * ``L_C``: L(C) = a * C^(-alpha) on the compute-efficient frontier of ALL evaluation
-    records (every run, every evaluation point), with the frontier points listed.
+    records (Gao et al. 2024, Fig. 1 left), the frontier points listed.
+  * ``L_NK``: Gao et al. 2024, Eq. 3 over the final records of all n_latents and k (one
+    architecture), same convergence policy as L_N.
+  * ``compute_optimal``: per k, n_latents*(C) = A C^a and tokens*(C) = B C^b
+    (`analysis.optimal.compute_optimal_allocation`; Templeton et al. 2024).
+  * ``lr_opt``: per k, lr*(n) = a n^(-alpha) where the table holds several lr per n_latents
+    (`analysis.optimal.optimal_learning_rates`); {"skipped": why} otherwise.
 
-  Records whose loss or flops is missing, NaN, inf or <= 0 are left out (counted in
-  "n_excluded", with a warning).
+  Each fit is `fit_law` (Huber in log space, L-BFGS-B from a grid, bootstrap 95%
+  intervals) as a dict; a fit the data cannot support holds {"error": "..."} instead, so
+  one missing law never hides the others. Records whose loss is missing, NaN, inf or <= 0
+  are left out (counted in "n_excluded", with a warning).
 
   Args:
     records: run records (see `analysis.results.load_results`).
     loss_key: the loss field to fit (default "normalized_mse").
+    convergence: "include" or "exclude" unconverged runs from L_N and L_NK.
+    rel_tol: the convergence threshold of `analysis.convergence`.
+    n_bootstrap: bootstrap resamples per fit (0: no intervals).
+    seed: bootstrap seed.
+    huber_delta: Huber threshold in log-loss units (Hoffmann et al. 2022: 1e-3).
 
   Returns:
-    A JSON-serialisable dict: {"loss": loss_key, "L_N": {"k=32": {...}, ...},
-    "L_C": {...fit..., "frontier": [...]}, "n_records", "n_runs", "n_excluded",
-    "sweeps": [...]}.
+    A JSON-serialisable dict: {"loss", "settings", "convergence", "L_N", "L_C", "L_NK",
+    "compute_optimal", "lr_opt", "n_records", "n_runs", "n_excluded", "sweeps"}.
 
   Raises:
-    ConfigError: `records` is empty.
+    ConfigError: `records` is empty, or `convergence` is not "include" / "exclude".
   """
+  from analysis import convergence as convergence_lib  # pylint: disable=import-outside-toplevel
+  from analysis import optimal  # pylint: disable=import-outside-toplevel
+  from analysis.results import run_key  # pylint: disable=import-outside-toplevel
+
   if not records:
     raise ConfigError("no records to fit; check the results file and the filters")
+  if convergence not in CONVERGENCE_POLICIES:
+    raise ConfigError(f"convergence={convergence!r} is not one of "
+                      f"{', '.join(CONVERGENCE_POLICIES)}")
   usable = [r for r in records if is_usable(r, loss_key)]
   n_excluded = len(records) - len(usable)
   if n_excluded:
@@ -341,39 +679,102 @@ def fit_scaling_laws(records: Sequence[Mapping[str, Any]], *,
   if len(mixed) > 1:
     warnings.warn(f"records mix {len(mixed)} (model, layer, d_in) combinations; fits pool "
                   f"them -- filter with model=..., layer=... for one law each", stacklevel=2)
-  multi_arch = len({r.get("architecture") for r in records}) > 1
+  archs = {r.get("architecture") for r in records}
+  multi_arch = len(archs) > 1
+  fit_kw = {"n_bootstrap": n_bootstrap, "seed": seed, "huber_delta": huber_delta}
 
-  groups: dict[str, list[Mapping[str, Any]]] = {}
-  for r in usable:
-    if r.get("final") is True and is_usable(r, "n_latents"):
-      groups.setdefault(group_key(r, multi_arch), []).append(r)
+  table = convergence_lib.convergence_table(usable, loss_key=loss_key, rel_tol=rel_tol)
+  unconverged = {(t["sweep"], t["run_id"]): t for t in table if not t["converged"]}
+  finals = [r for r in usable if r.get("final") is True and is_usable(r, "n_latents")]
+  if convergence == "exclude":
+    finals = [r for r in finals if run_key(r) not in unconverged]
+
   L_N = {}
-  for key in sorted(groups, key=_k_sort):
-    group = sorted(groups[key], key=lambda r: r["n_latents"])
-    x = [float(r["n_latents"]) for r in group]
-    y = [float(r[loss_key]) for r in group]
-    L_N[key] = {"k": group[0].get("k"), "architecture": group[0].get("architecture"),
-                "n_runs": len(group),
-                "power_law": _try_fit(x, y, False, "n_latents"),
-                "irreducible": _try_fit(x, y, True, "n_latents")}
-  if not L_N:
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    for key, group in _groups(finals, multi_arch).items():
+      group = sorted(group, key=lambda r: r["n_latents"])
+      x = [float(r["n_latents"]) for r in group]
+      y = [float(r[loss_key]) for r in group]
+      bad = sorted({run_key(r)[1] for r in group if run_key(r) in unconverged})
+      L_N[key] = {"k": group[0].get("k"), "architecture": group[0].get("architecture"),
+                  "n_runs": len(group), "unconverged": bad,
+                  "power_law": _try(fit_law, "power_law", x, y, variables={"x": "n_latents"},
+                                    **fit_kw),
+                  "irreducible": _try(fit_law, "power_law_irreducible", x, y,
+                                      variables={"x": "n_latents"}, **fit_kw)}
+  _rewarn(caught)
+  if not L_N and convergence == "exclude" and unconverged:
+    L_N["all"] = {"error": "no final records among converged runs: every run is unconverged "
+                           "(see fits['convergence']); train longer or use --convergence include"}
+  elif not L_N:
     L_N["all"] = {"error": "no final records (final=true) with a usable loss; "
                            "has any run finished its token budget?"}
+  if unconverged:
+    names = sorted(rid for _, rid in unconverged)
+    shown = ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
+    action = "left out of" if convergence == "exclude" else "included in (flagged)"
+    warnings.warn(f"{len(names)} of {len(table)} runs have not converged ({shown}); "
+                  f"{action} L(N) and L(n, k) -- see fits['convergence']", stacklevel=2)
 
   evals = [r for r in usable if is_usable(r, "flops")]
   idx = compute_frontier([r["flops"] for r in evals], [r[loss_key] for r in evals])
   frontier = [evals[i] for i in idx]
-  L_C = _try_fit([r["flops"] for r in frontier], [r[loss_key] for r in frontier], False, "flops")
-  fields = ("run_id", "n_latents", "k", "tokens", "step", "flops", loss_key)
+  L_C = _try(fit_law, "power_law", [r["flops"] for r in frontier],
+             [r[loss_key] for r in frontier], variables={"x": "flops"}, **fit_kw)
+  fields = ("sweep", "run_id", "n_latents", "k", "tokens", "step", "flops", loss_key)
   L_C["frontier"] = [{f: r.get(f) for f in fields} for r in frontier]
   L_C["n_eval_points"] = len(evals)
 
+  nk = [r for r in finals if is_usable(r, "k")]
+  if multi_arch:
+    L_NK = {"error": f"records mix architectures {sorted(map(str, archs))}; filter with "
+                     f"architecture=... to fit Eq. 3 to one"}
+  else:
+    L_NK = _try(fit_law, "joint_nk", {"n": [r["n_latents"] for r in nk],
+                                      "k": [r["k"] for r in nk]},
+                [r[loss_key] for r in nk], variables={"n": "n_latents", "k": "k"}, **fit_kw)
+
+  compute_opt, lr_opt = {}, {}
+  for key, group in _groups(usable, multi_arch).items():
+    compute_opt[key] = _try(optimal.compute_optimal_allocation, group, loss_key=loss_key,
+                            **fit_kw)
+    n_lrs = _lrs_per_n(group)
+    if n_lrs < 3:
+      lr_opt[key] = {"skipped": f"at most {n_lrs} learning rate(s) per n_latents; an lr "
+                                f"sweep (sweeps/lr_sweep.py) gives lr*(n)"}
+    else:
+      lr_opt[key] = _try(optimal.optimal_learning_rates, group, loss_key=loss_key, **fit_kw)
+
   return _json_safe({
       "loss": loss_key,
+      "settings": {"convergence": convergence, "rel_tol": rel_tol, **fit_kw},
+      "convergence": {"rule": convergence_lib.RULE.format(tol=rel_tol), "runs": table,
+                      "n_unconverged": len(unconverged)},
       "L_N": L_N,
       "L_C": L_C,
+      "L_NK": L_NK,
+      "compute_optimal": compute_opt,
+      "lr_opt": lr_opt,
       "n_records": len(records),
-      "n_runs": len({(r.get("sweep"), r.get("run_id")) for r in records}),
+      "n_runs": len({run_key(r) for r in records}),
       "n_excluded": n_excluded,
       "sweeps": sorted({str(r.get("sweep")) for r in records}),
   })
+
+
+def _rewarn(caught) -> None:
+  """Re-issue the distinct warnings of a block once each (bootstrap refits repeat them)."""
+  for msg in dict.fromkeys(str(w.message) for w in caught):
+    warnings.warn(msg, stacklevel=3)
+
+
+def _lrs_per_n(records: Sequence[Mapping[str, Any]]) -> int:
+  """The most distinct learning rates any n_latents has among the final records."""
+  from analysis.results import get_field  # pylint: disable=import-outside-toplevel
+  lrs: dict[Any, set] = {}
+  for r in records:
+    if r.get("final") is True:
+      lr = r.get("lr", get_field(r, "config.train.lr"))
+      lrs.setdefault(r.get("n_latents"), set()).add(lr)
+  return max((len(v) for v in lrs.values()), default=0)

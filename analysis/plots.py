@@ -1,4 +1,6 @@
-"""The sweep's figures, in one style: loss vs n_latents, vs compute, vs tokens.
+"""The sweep's figures, in one style: Gao et al. 2024 Fig. 1 (loss vs compute with the
+frontier; L(N) at convergence), loss vs k with the Eq. 3 surface, training curves,
+compute-optimal allocation, the optimal learning rate, and extrapolation with bands.
 
 Each function draws from the run records (and the fits of `analysis.fits`) and writes
 `<stem>.png` and `<stem>.pdf`. Figures are built with `matplotlib.figure.Figure` on the
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+import textwrap
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,8 +26,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib import ticker
 
-from analysis.fits import LOSS_KEY, fit_scaling_laws, group_key, is_usable
+from analysis.fits import LOSS_KEY, LawFit, fit_scaling_laws, group_key, is_usable
+from analysis.laws import LAWS
 from analysis.results import new_file_mode
+from sae_jax.config import ConfigError
 
 # One style for every figure: single-column size, no top/right spines, faint grid,
 # TrueType fonts embedded in the PDF (editable text in a paper).
@@ -51,7 +57,8 @@ STYLE: dict[str, Any] = {
     "pdf.fonttype": 42,
     "ps.fonttype": 42,
 }
-FIGSIZE = (4.6, 3.3)  # inches
+FIGSIZE = (4.6, 3.3)  # inches, one column
+FIGSIZE_WIDE = (9.2, 3.4)  # two panels, double column
 # Okabe & Ito (2008) colour-blind-safe palette, for discrete groups (one colour per k).
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
 LINESTYLES = ("-", "--", ":", "-.")
@@ -59,10 +66,14 @@ N_CMAP = "viridis"  # continuous colour for n_latents
 LOSS_LABEL = "normalized MSE (FVU)"
 
 
-def _figure() -> tuple[Figure, Any]:
-  fig = Figure(figsize=FIGSIZE)
+def _figure(ncols: int = 1) -> tuple[Figure, Any]:
+  """A figure on the Agg canvas: one axes (single column) or `ncols` side by side."""
+  fig = Figure(figsize=FIGSIZE if ncols == 1 else (FIGSIZE_WIDE[0], FIGSIZE_WIDE[1]),
+               layout="constrained" if ncols > 1 else None)
   FigureCanvasAgg(fig)
-  return fig, fig.add_subplot()
+  if ncols == 1:
+    return fig, fig.add_subplot()
+  return fig, list(fig.subplots(1, ncols))
 
 
 def _stem(path: str | os.PathLike) -> str:
@@ -139,14 +150,17 @@ def _sci(value: float, _pos: Any = None) -> str:
   return f"$10^{{{e}}}$" if m_str == "1" else f"${m_str}\\times10^{{{e}}}$"
 
 
-def _log_axis(axis: Any, formatter: Any) -> None:
+def _log_axis(axis: Any, formatter: Any, dense: bool = True) -> None:
   """Log ticks that stay labelled over a narrow range (1-2-5, or denser, under 2 decades).
 
   Call after everything is drawn: the density follows the axis' autoscaled view.
+  `dense=False` stops at 1-2-5 (for wide labels such as 3x10^11 on an x axis).
   """
   axis.axes.autoscale_view()
   lo, hi = sorted(axis.get_view_interval())
   decades = np.log10(hi / lo) if lo > 0 else 10.0
+  if not dense and decades < 2.0:
+    decades = 1.5
   if decades < 0.6:
     subs = tuple(np.arange(1.0, 10.0, 0.5))
   elif decades < 1.2:
@@ -165,16 +179,103 @@ def _loss_label(value: float, _pos: Any = None) -> str:
 
 
 def _empty(ax: Any, message: str) -> None:
-  ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="0.4")
+  """An axes that says why it is empty (no ticks, the message wrapped)."""
+  ax.text(0.5, 0.5, textwrap.fill(message, 48), ha="center", va="center",
+          transform=ax.transAxes, color="0.4")
+  ax.set_xticks([])
+  ax.set_yticks([])
+  ax.grid(False)
+
+
+def _fit_or_none(entry: Any) -> LawFit | None:
+  """The LawFit of a fits.json entry, or None for an {"error"} / {"skipped"} / old-style one."""
+  if isinstance(entry, LawFit):
+    return entry
+  if not isinstance(entry, Mapping) or entry.get("law") not in LAWS or "params" not in entry:
+    return None
+  return LawFit.from_dict(entry)
+
+
+def _band(ax: Any, fit: LawFit | None, x: np.ndarray, color: Any, alpha: float = 0.15) -> None:
+  """Shade the bootstrap 95% band of `fit` over x (nothing without bootstrap samples)."""
+  if fit is not None and fit.bootstrap:
+    lo, hi = fit.predict_band(x)
+    ax.fill_between(x, lo, hi, color=color, alpha=alpha, lw=0, zorder=1)
+
+
+def _pm(fit: Mapping[str, Any], name: str, digits: int = 2) -> str:
+  """ "0.53 ± 0.04" (standard error) or "0.53 [0.48, 0.58]" (bootstrap) or "0.53"."""
+  v = fit["params"][name]
+  ci = (fit.get("ci95") or {}).get(name)
+  if ci:
+    return f"{v:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+  se = (fit.get("stderr") or {}).get(name)
+  return f"{v:.{digits}f} ± {se:.{digits}f}" if se is not None else f"{v:.{digits}f}"
+
+
+def _final_groups(records, loss_key):
+  multi_arch = len({r.get("architecture") for r in records}) > 1
+  groups: dict[str, list[Mapping]] = {}
+  for r in records:
+    if r.get("final") is True and is_usable(r, "n_latents", loss_key):
+      groups.setdefault(group_key(r, multi_arch), []).append(r)
+  return groups
+
+
+def _draw_loss_vs_n(ax: Any, records, fits, loss_key: str) -> None:
+  groups = _final_groups(records, loss_key)
+  order = [k for k in fits.get("L_N", {}) if k in groups] + sorted(
+      k for k in groups if k not in fits.get("L_N", {}))
+  unconverged = {t["run_id"] for t in fits.get("convergence", {}).get("runs", [])
+                 if not t.get("converged")}
+  for i, key in enumerate(order):
+    color = PALETTE[i % len(PALETTE)]
+    pts = sorted(groups[key], key=lambda r: r["n_latents"])
+    n = np.array([r["n_latents"] for r in pts], dtype=float)
+    y = np.array([r[loss_key] for r in pts], dtype=float)
+    entry = fits.get("L_N", {}).get(key, {})
+    pure, irr = entry.get("power_law", {}), entry.get("irreducible", {})
+    label = key
+    n_grid = np.geomspace(n.min() / 1.25, n.max() * 1.25, 200)
+    if "params" in pure:
+      label = f"{key}: α = {_pm(pure, 'alpha')}"
+      ax.plot(n_grid, pure["params"]["a"] * n_grid ** -pure["params"]["alpha"], color=color,
+              lw=1.3, zorder=2)
+      _band(ax, _fit_or_none(pure), n_grid, color)
+    done = np.array([r.get("run_id") not in unconverged for r in pts])
+    if done.any():
+      ax.plot(n[done], y[done], "o", color=color, mec="white", mew=0.6, ms=5.5, zorder=3,
+              label=label)
+    if (~done).any():
+      ax.plot(n[~done], y[~done], "o", mfc="white", mec=color, mew=1.0, ms=5.5, zorder=3,
+              label=None if done.any() else label)
+    if "params" in irr and not irr.get("degenerate"):
+      p = irr["params"]
+      ax.plot(n_grid, p["a"] * n_grid ** -p["alpha"] + p["c"], color=color, lw=1.0, ls="--",
+              label=f"{key} + c: α = {p['alpha']:.2f}, c = {p['c']:.2g}", zorder=2)
+  if order:
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    _log_axis(ax.yaxis, _loss_label)
+    handles, labels = ax.get_legend_handles_labels()
+    if unconverged & {r.get("run_id") for g in groups.values() for r in g}:
+      handles.append(Line2D([], [], ls="", marker="o", mfc="white", mec="0.3"))
+      labels.append("not converged")
+    ax.legend(handles, labels, loc="best")
+  else:
+    _empty(ax, "no final records (final=true)")
+  ax.set_xlabel("n_latents")
+  ax.set_ylabel(LOSS_LABEL)
 
 
 def plot_loss_vs_n(records: Sequence[Mapping[str, Any]], fits: Mapping[str, Any] | None,
                    path: str | os.PathLike, *, loss_key: str = LOSS_KEY) -> list[str]:
   """L(N) at convergence: final normalized MSE vs n_latents, log-log, one colour per k.
 
-  Points are the `final` records; solid lines the pure power law, dashed lines the law
-  with an irreducible term (when fitted and not degenerate), alpha in the legend
-  (Gao et al. 2024, Fig. 1 right / Sec. 3.1).
+  Points are the `final` records (hollow: the run has not converged, by the rule of
+  `analysis.convergence`); solid lines the pure power law with its bootstrap 95% band,
+  dashed lines the law with an irreducible term (when fitted and not degenerate), alpha
+  and its interval in the legend (Gao et al. 2024, Fig. 1 right / Sec. 3.1).
 
   Args:
     records: run records (`analysis.results.load_results`).
@@ -185,46 +286,58 @@ def plot_loss_vs_n(records: Sequence[Mapping[str, Any]], fits: Mapping[str, Any]
   Returns:
     The two paths written.
   """
-  fits = fit_scaling_laws(records, loss_key=loss_key) if fits is None else fits
-  multi_arch = len({r.get("architecture") for r in records}) > 1
-  groups: dict[str, list[Mapping]] = {}
-  for r in records:
-    if r.get("final") is True and is_usable(r, "n_latents", loss_key):
-      groups.setdefault(group_key(r, multi_arch), []).append(r)
-  order = [k for k in fits.get("L_N", {}) if k in groups] + sorted(
-      k for k in groups if k not in fits.get("L_N", {}))
+  fits = _fits(records, fits, loss_key)
   with matplotlib.rc_context(STYLE):
     fig, ax = _figure()
-    for i, key in enumerate(order):
-      color = PALETTE[i % len(PALETTE)]
-      pts = sorted(groups[key], key=lambda r: r["n_latents"])
-      n = np.array([r["n_latents"] for r in pts], dtype=float)
-      y = np.array([r[loss_key] for r in pts], dtype=float)
-      entry = fits.get("L_N", {}).get(key, {})
-      pure, irr = entry.get("power_law", {}), entry.get("irreducible", {})
-      label = key
-      n_grid = np.geomspace(n.min() / 1.25, n.max() * 1.25, 200)
-      if "params" in pure:
-        p, se = pure["params"], pure["stderr"]
-        err = f" ± {se['alpha']:.2f}" if se.get("alpha") is not None else ""
-        label = f"{key}: α = {p['alpha']:.2f}{err}"
-        ax.plot(n_grid, p["a"] * n_grid ** -p["alpha"], color=color, lw=1.3, zorder=2)
-      ax.plot(n, y, "o", color=color, mec="white", mew=0.6, ms=5.5, label=label, zorder=3)
-      if "params" in irr and not irr.get("degenerate"):
-        p = irr["params"]
-        ax.plot(n_grid, p["a"] * n_grid ** -p["alpha"] + p["c"], color=color, lw=1.0, ls="--",
-                label=f"{key} + c: α = {p['alpha']:.2f}, c = {p['c']:.2g}", zorder=2)
-    if order:
-      ax.set_xscale("log", base=2)
-      ax.set_yscale("log")
-      _log_axis(ax.yaxis, _loss_label)
-      ax.legend(loc="best")
-    else:
-      _empty(ax, "no final records (final=true)")
-    ax.set_xlabel("n_latents")
-    ax.set_ylabel(LOSS_LABEL)
+    _draw_loss_vs_n(ax, records, fits, loss_key)
     ax.set_title("L(N): loss at convergence vs n_latents", loc="left")
     return save_figure(fig, path)
+
+
+def _fits(records, fits, loss_key):
+  if fits is not None:
+    return fits
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    return fit_scaling_laws(records, loss_key=loss_key, n_bootstrap=100)
+
+
+def _draw_loss_vs_compute(fig: Figure, ax: Any, records, fits, loss_key: str) -> None:
+  runs = _runs(records, "flops", loss_key)
+  norm, cmap = _n_norm(runs), matplotlib.colormaps[N_CMAP]
+  styles = _k_styles(runs)
+  for run in runs:
+    color = cmap(norm(run[0]["n_latents"])) if is_usable(run[0], "n_latents") else "0.5"
+    ax.plot([r["flops"] for r in run], [r[loss_key] for r in run], ls=styles[run[0].get("k")],
+            marker="o", ms=2.5, lw=1.0, color=color, alpha=0.45, zorder=1)
+  L_C = fits.get("L_C", {})
+  frontier = [p for p in L_C.get("frontier", []) if is_usable(p, "flops", loss_key)]
+  handles = []
+  if frontier:
+    fc = np.array([p["flops"] for p in frontier], dtype=float)
+    fl = np.array([p[loss_key] for p in frontier], dtype=float)
+    handles.append(ax.plot(fc, fl, "D", ms=4.5, mfc="none", mec="black", mew=1.0, zorder=4,
+                           label="compute-efficient frontier")[0])
+    if "params" in L_C:
+      p = L_C["params"]
+      c_grid = np.geomspace(fc.min() / 1.5, fc.max() * 1.5, 200)
+      _band(ax, _fit_or_none(L_C), c_grid, "black", alpha=0.1)
+      handles.append(ax.plot(c_grid, p["a"] * c_grid ** -p["alpha"], color="black", lw=1.3,
+                             ls="--", zorder=3,
+                             label=f"$L(C) \\propto C^{{-\\alpha}}$, α = {_pm(L_C, 'alpha', 3)}")[0])
+  if len(styles) > 1:
+    handles += [Line2D([], [], color="0.4", ls=ls, label=f"k={k}") for k, ls in styles.items()]
+  if runs:
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _log_axis(ax.xaxis, _sci, dense=False)
+    _log_axis(ax.yaxis, _loss_label)
+    _n_colorbar(fig, ax, norm, runs)
+    ax.legend(handles=handles, loc="best")
+  else:
+    _empty(ax, "no evaluation records with flops")
+  ax.set_xlabel("training compute (FLOPs)")
+  ax.set_ylabel(LOSS_LABEL)
 
 
 def plot_loss_vs_compute(records: Sequence[Mapping[str, Any]], fits: Mapping[str, Any] | None,
@@ -233,7 +346,8 @@ def plot_loss_vs_compute(records: Sequence[Mapping[str, Any]], fits: Mapping[str
 
   Each run is a faint line through its evaluation points, coloured by n_latents (line
   style by k when several); the compute-efficient frontier points are highlighted and
-  the fitted L(C) = a * C^(-alpha) drawn through them (Gao et al. 2024, Fig. 1 left).
+  the fitted L(C) = a * C^(-alpha) drawn through them with its bootstrap 95% band
+  (Gao et al. 2024, Fig. 1 left).
 
   Args:
     records: run records.
@@ -244,44 +358,35 @@ def plot_loss_vs_compute(records: Sequence[Mapping[str, Any]], fits: Mapping[str
   Returns:
     The two paths written.
   """
-  fits = fit_scaling_laws(records, loss_key=loss_key) if fits is None else fits
-  runs = _runs(records, "flops", loss_key)
+  fits = _fits(records, fits, loss_key)
   with matplotlib.rc_context(STYLE):
     fig, ax = _figure()
-    norm, cmap = _n_norm(runs), matplotlib.colormaps[N_CMAP]
-    styles = _k_styles(runs)
-    for run in runs:
-      color = cmap(norm(run[0]["n_latents"])) if is_usable(run[0], "n_latents") else "0.5"
-      ax.plot([r["flops"] for r in run], [r[loss_key] for r in run], ls=styles[run[0].get("k")],
-              marker="o", ms=2.5, lw=1.0, color=color, alpha=0.45, zorder=1)
-    L_C = fits.get("L_C", {})
-    frontier = [p for p in L_C.get("frontier", []) if is_usable(p, "flops", loss_key)]
-    handles = []
-    if frontier:
-      fc = np.array([p["flops"] for p in frontier], dtype=float)
-      fl = np.array([p[loss_key] for p in frontier], dtype=float)
-      handles.append(ax.plot(fc, fl, "D", ms=4.5, mfc="none", mec="black", mew=1.0, zorder=4,
-                             label="compute-efficient frontier")[0])
-      if "params" in L_C:
-        p = L_C["params"]
-        c_grid = np.geomspace(fc.min() / 1.5, fc.max() * 1.5, 200)
-        handles.append(ax.plot(c_grid, p["a"] * c_grid ** -p["alpha"], color="black", lw=1.3,
-                               ls="--", zorder=3,
-                               label=f"fit: $L(C) = a\\,C^{{-{p['alpha']:.3f}}}$")[0])
-    if len(styles) > 1:
-      handles += [Line2D([], [], color="0.4", ls=ls, label=f"k={k}") for k, ls in styles.items()]
-    if runs:
-      ax.set_xscale("log")
-      ax.set_yscale("log")
-      _log_axis(ax.xaxis, _sci)
-      _log_axis(ax.yaxis, _loss_label)
-      _n_colorbar(fig, ax, norm, runs)
-      ax.legend(handles=handles, loc="best")
-    else:
-      _empty(ax, "no evaluation records with flops")
-    ax.set_xlabel("training compute (FLOPs)")
-    ax.set_ylabel(LOSS_LABEL)
+    _draw_loss_vs_compute(fig, ax, records, fits, loss_key)
     ax.set_title("L(C): loss vs training compute", loc="left")
+    return save_figure(fig, path)
+
+
+def plot_fig1(records: Sequence[Mapping[str, Any]], fits: Mapping[str, Any] | None,
+              path: str | os.PathLike, *, loss_key: str = LOSS_KEY) -> list[str]:
+  """Gao et al. 2024, Fig. 1: (left) normalized MSE vs compute with the frontier and L(C);
+  (right) L(N) at convergence per k. Two panels, double-column width.
+
+  Args:
+    records: run records.
+    fits: the dict of `analysis.fits.fit_scaling_laws`, or None to fit here.
+    path: output stem; .png and .pdf are written.
+    loss_key: the loss field plotted.
+
+  Returns:
+    The two paths written.
+  """
+  fits = _fits(records, fits, loss_key)
+  with matplotlib.rc_context(STYLE):
+    fig, (left, right) = _figure(2)
+    _draw_loss_vs_compute(fig, left, records, fits, loss_key)
+    _draw_loss_vs_n(right, records, fits, loss_key)
+    left.set_title("(a) loss vs compute", loc="left")
+    right.set_title("(b) loss at convergence vs n_latents", loc="left")
     return save_figure(fig, path)
 
 
@@ -311,7 +416,7 @@ def plot_loss_vs_tokens(records: Sequence[Mapping[str, Any]], path: str | os.Pat
     if runs:
       ax.set_xscale("log")
       ax.set_yscale("log")
-      _log_axis(ax.xaxis, _sci)
+      _log_axis(ax.xaxis, _sci, dense=False)
       _log_axis(ax.yaxis, _loss_label)
       _n_colorbar(fig, ax, norm, runs)
       if len(styles) > 1:
@@ -322,4 +427,248 @@ def plot_loss_vs_tokens(records: Sequence[Mapping[str, Any]], path: str | os.Pat
     ax.set_xlabel("training tokens")
     ax.set_ylabel(LOSS_LABEL)
     ax.set_title("training curves", loc="left")
+    return save_figure(fig, path)
+
+
+def plot_loss_vs_k(records: Sequence[Mapping[str, Any]], fits: Mapping[str, Any] | None,
+                   path: str | os.PathLike, *, loss_key: str = LOSS_KEY) -> list[str]:
+  """Final normalized MSE vs k, one colour per n_latents, with the fitted Eq. 3 surface.
+
+  Points are the final records; lines are L(n, k) of Gao et al. 2024, Eq. 3 at each
+  n_latents (from fits["L_NK"]), cf. their Fig. 3.
+
+  Args:
+    records: run records (one architecture).
+    fits: the dict of `analysis.fits.fit_scaling_laws`, or None to fit here.
+    path: output stem; .png and .pdf are written.
+    loss_key: the loss field plotted.
+
+  Returns:
+    The two paths written.
+  """
+  fits = _fits(records, fits, loss_key)
+  finals = [r for r in records if r.get("final") is True and is_usable(r, "n_latents", "k",
+                                                                       loss_key)]
+  eq3 = _fit_or_none(fits.get("L_NK"))
+  with matplotlib.rc_context(STYLE):
+    fig, ax = _figure()
+    ns = sorted({float(r["n_latents"]) for r in finals})
+    if finals:
+      norm = LogNorm(vmin=min(ns) / 1.5, vmax=max(ns) * 1.5) if len(ns) == 1 else LogNorm(
+          vmin=min(ns), vmax=max(ns))
+      cmap = matplotlib.colormaps[N_CMAP]
+      ks = np.array([r["k"] for r in finals], dtype=float)
+      k_grid = np.geomspace(ks.min() / 1.2, ks.max() * 1.2, 100)
+      for n in ns:
+        pts = sorted((r for r in finals if float(r["n_latents"]) == n), key=lambda r: r["k"])
+        color = cmap(norm(n))
+        ax.plot([r["k"] for r in pts], [r[loss_key] for r in pts], "o", color=color,
+                mec="white", mew=0.5, ms=5, zorder=3)
+        if eq3 is not None:
+          ax.plot(k_grid, eq3.predict({"n": np.full_like(k_grid, n), "k": k_grid}), color=color,
+                  lw=1.1, zorder=2)
+      ax.set_xscale("log", base=2)
+      ax.set_yscale("log")
+      _log_axis(ax.yaxis, _loss_label)
+      cb = fig.colorbar(ScalarMappable(norm=norm, cmap=N_CMAP), ax=ax, pad=0.02, fraction=0.05)
+      cb.set_label("n_latents")
+      if len(ns) <= 8:
+        cb.set_ticks(ns, labels=[f"{int(n)}" for n in ns])
+        cb.ax.minorticks_off()
+      cb.ax.tick_params(labelsize=7)
+      cb.outline.set_visible(False)
+      if eq3 is not None:
+        ax.legend(handles=[Line2D([], [], color="0.3", label="Eq. 3 fit, "
+                                  f"γ = {eq3.params['gamma']:.3f}")], loc="upper right")
+      else:
+        err = (fits.get("L_NK") or {}).get("error", "")
+        ax.text(0.02, 0.02, f"no Eq. 3 fit: {err[:70]}", transform=ax.transAxes, fontsize=6,
+                color="0.4")
+    else:
+      _empty(ax, "no final records with k")
+    ax.set_xlabel("k (active latents)")
+    ax.set_ylabel(LOSS_LABEL)
+    ax.set_title("L(n, k): loss vs k per n_latents (Gao et al. Eq. 3)", loc="left")
+    return save_figure(fig, path)
+
+
+def _first_entry(section: Mapping[str, Any] | None, key: str | None) -> tuple[str, Any]:
+  section = section or {}
+  if key is not None:
+    return key, section.get(key, {"error": f"no group {key!r}; groups: {', '.join(section)}"})
+  for k, v in section.items():  # the first group with a result, else the first one
+    if isinstance(v, Mapping) and ("levels" in v or "per_n" in v):
+      return k, v
+  return next(iter(section.items()), ("", {"error": "not fitted"}))
+
+
+def plot_compute_optimal(fits: Mapping[str, Any], path: str | os.PathLike, *,
+                         key: str | None = None) -> list[str]:
+  """Compute-optimal allocation: n_latents*(C) and tokens*(C) with their power laws.
+
+  Points are the optimum at each compute level (filled: interior, a parabola vertex;
+  hollow: at the edge of the sweep, not fitted); lines the fitted A C^a and B C^b with
+  bootstrap 95% bands (Templeton et al. 2024: a > b; Hoffmann et al. 2022, Fig. 3).
+
+  Args:
+    fits: the dict of `analysis.fits.fit_scaling_laws`.
+    path: output stem; .png and .pdf are written.
+    key: the group of fits["compute_optimal"] ("k=32"); default: the first with levels.
+
+  Returns:
+    The two paths written.
+  """
+  key, entry = _first_entry(fits.get("compute_optimal"), key)
+  levels = entry.get("levels", []) if isinstance(entry, Mapping) else []
+  with matplotlib.rc_context(STYLE):
+    fig, axes = _figure(2)
+    for ax, field, fit_key, sym, ylabel, color in (
+        (axes[0], "n_latents", "n_latents_opt", "a", "optimal n_latents", PALETTE[0]),
+        (axes[1], "tokens", "tokens_opt", "b", "optimal training tokens", PALETTE[1])):
+      if not levels:
+        _empty(ax, "no compute levels" + (f":\n{entry.get('error', '')[:60]}"
+                                          if isinstance(entry, Mapping) else ""))
+        continue
+      c = np.array([lv["flops"] for lv in levels])
+      v = np.array([lv[field] for lv in levels])
+      edge = np.array([lv["edge"] for lv in levels])
+      ax.plot(c[~edge], v[~edge], "o", color=color, mec="white", mew=0.5, ms=5, zorder=3,
+              label="optimum (parabola vertex)")
+      ax.plot(c[edge], v[edge], "o", mfc="white", mec=color, ms=5, zorder=3,
+              label="at the edge of the sweep")
+      fit = _fit_or_none(entry.get(fit_key))
+      if fit is not None:
+        grid = np.geomspace(c.min() / 1.5, c.max() * 1.5, 200)
+        _band(ax, fit, grid, color)
+        ax.plot(grid, fit.predict(grid), color=color, lw=1.3, zorder=2,
+                label=f"$\\propto C^{{{sym}}}$, {sym} = {_pm(entry[fit_key], 'b')}")
+      ax.set_xscale("log")
+      ax.set_yscale("log")
+      _log_axis(ax.xaxis, _sci, dense=False)
+      ax.set_xlabel("training compute (FLOPs)")
+      ax.set_ylabel(ylabel)
+      ax.legend(loc="upper left")
+    axes[0].set_title(f"(a) n_latents*(C) {key}", loc="left")
+    axes[1].set_title("(b) token budget*(C)", loc="left")
+    return save_figure(fig, path)
+
+
+def plot_lr_sweep(fits: Mapping[str, Any], path: str | os.PathLike, *,
+                  key: str | None = None) -> list[str]:
+  """The optimal learning rate: (left) final loss vs lr per n_latents with the parabola
+  vertices; (right) lr*(n) with the fitted a n^(-alpha) and its bootstrap band, and the
+  1/sqrt(n) of Gao et al. 2024, Sec. 2.3 for reference.
+
+  Args:
+    fits: the dict of `analysis.fits.fit_scaling_laws`.
+    path: output stem; .png and .pdf are written.
+    key: the group of fits["lr_opt"] ("k=32"); default: the first with an lr sweep.
+
+  Returns:
+    The two paths written.
+  """
+  key, entry = _first_entry(fits.get("lr_opt"), key)
+  per_n = entry.get("per_n", []) if isinstance(entry, Mapping) else []
+  with matplotlib.rc_context(STYLE):
+    fig, (left, right) = _figure(2)
+    if not per_n:
+      why = entry.get("skipped") or entry.get("error") or "" if isinstance(entry, Mapping) else ""
+      _empty(left, "no lr sweep in these records")
+      _empty(right, why[:50] + ("\n" + why[50:100] if len(why) > 50 else ""))
+    else:
+      ns = [p["n_latents"] for p in per_n]
+      norm = LogNorm(vmin=min(ns) / 1.5, vmax=max(ns) * 1.5) if len(set(ns)) == 1 else LogNorm(
+          vmin=min(ns), vmax=max(ns))
+      cmap = matplotlib.colormaps[N_CMAP]
+      for p in per_n:
+        color = cmap(norm(p["n_latents"]))
+        left.plot(p["lrs"], p["losses"], "o-", color=color, ms=3.5, lw=1.0,
+                  label=f"n={int(p['n_latents'])}")
+        left.axvline(p["lr_opt"], color=color, lw=0.8, ls=":")
+      left.set_xscale("log")
+      left.set_yscale("log")
+      _log_axis(left.yaxis, _loss_label)
+      left.set_xlabel("learning rate")
+      left.set_ylabel(LOSS_LABEL)
+      left.legend(loc="best", ncol=2 if len(per_n) > 4 else 1)
+      n = np.array(ns, dtype=float)
+      lr = np.array([p["lr_opt"] for p in per_n])
+      edge = np.array([p["edge"] for p in per_n])
+      right.plot(n[~edge], lr[~edge], "o", color=PALETTE[0], ms=5, zorder=3, label="lr* (vertex)")
+      right.plot(n[edge], lr[edge], "o", mfc="white", mec=PALETTE[0], ms=5, zorder=3,
+                 label="best lr at the edge")
+      grid = np.geomspace(n.min() / 1.5, n.max() * 1.5, 100)
+      fit = _fit_or_none(entry.get("lr_opt"))
+      if fit is not None:
+        _band(right, fit, grid, PALETTE[0])
+        right.plot(grid, fit.predict(grid), color=PALETTE[0], lw=1.3,
+                   label=f"$\\propto n^{{-\\alpha}}$, α = {_pm(entry['lr_opt'], 'alpha')}")
+      ref = lr[~edge][0] if (~edge).any() else lr[0]
+      n0 = n[~edge][0] if (~edge).any() else n[0]
+      right.plot(grid, ref * (grid / n0) ** -0.5, color="0.5", lw=1.0, ls="--",
+                 label="$\\propto n^{-1/2}$ (Gao et al.)")
+      right.set_xscale("log", base=2)
+      right.set_yscale("log")
+      right.set_xlabel("n_latents")
+      right.set_ylabel("optimal learning rate")
+      right.legend(loc="best")
+    left.set_title(f"(a) final loss vs lr {key}", loc="left")
+    right.set_title("(b) lr*(n_latents)", loc="left")
+    return save_figure(fig, path)
+
+
+def plot_extrapolation(fit: LawFit | Mapping[str, Any], path: str | os.PathLike, *,
+                       x_max: float | None = None, factor: float = 16.0,
+                       xlabel: str | None = None, ylabel: str = LOSS_LABEL,
+                       title: str | None = None) -> list[str]:
+  """A fitted one-input law extrapolated beyond its data with the bootstrap 95% band.
+
+  The points fitted, the law over them (solid) and beyond them (dashed) up to `x_max`
+  (default `factor` x the largest x), and the pointwise 95% band of the bootstrap refits
+  (`LawFit.predict_band`), which widens away from the data.
+
+  Args:
+    fit: a `LawFit`, or its dict (an entry of fits.json).
+    path: output stem; .png and .pdf are written.
+    x_max: extrapolate up to this x.
+    factor: else up to factor * max(x).
+    xlabel: default: the fitted variable ("n_latents", "flops").
+    ylabel: the y label.
+    title: default: the law.
+
+  Returns:
+    The two paths written.
+
+  Raises:
+    ConfigError: `fit` is not a fitted one-input law.
+  """
+  law_fit = _fit_or_none(fit)
+  if law_fit is None or len(law_fit.x) != 1:
+    raise ConfigError(f"plot_extrapolation needs a fitted one-input law, got "
+                      f"{str(fit.get('error', fit) if isinstance(fit, Mapping) else fit)[:120]}")
+  (name, xs), = law_fit.x.items()
+  x = np.asarray(xs)
+  y = np.asarray(law_fit.y)
+  x_max = float(x_max or factor * x.max())
+  inside = np.geomspace(x.min(), x.max(), 100)
+  beyond = np.geomspace(x.max(), x_max, 100)
+  with matplotlib.rc_context(STYLE):
+    fig, ax = _figure()
+    color = PALETTE[0]
+    _band(ax, law_fit, np.concatenate([inside, beyond[1:]]), color, alpha=0.18)
+    ax.plot(x, y, "o", color=color, mec="white", mew=0.6, ms=5, zorder=3, label="data")
+    ax.plot(inside, law_fit.predict(inside), color=color, lw=1.4, zorder=2,
+            label=law_fit.formula)
+    ax.plot(beyond, law_fit.predict(beyond), color=color, lw=1.4, ls="--", zorder=2,
+            label="extrapolation" + (" (95% bootstrap band)" if law_fit.bootstrap else ""))
+    ax.axvline(x.max(), color="0.6", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _log_axis(ax.xaxis, _sci, dense=False)
+    if ylabel == LOSS_LABEL:
+      _log_axis(ax.yaxis, _loss_label)
+    ax.set_xlabel(xlabel or law_fit.variables.get(name, name))
+    ax.set_ylabel(ylabel)
+    ax.legend(loc="best")
+    ax.set_title(title or f"extrapolation of {law_fit.law}", loc="left")
     return save_figure(fig, path)

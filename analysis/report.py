@@ -1,9 +1,12 @@
 """`sae-jax fit`: results.jsonl -> fits.json + plots, the last step of the data flow.
 
-    sae-jax fit runs/quickstart/results.jsonl [--out DIR] [--filter layer=15 --filter k=32]
+    sae-jax fit runs/quickstart/results.jsonl [more.jsonl ...] [--out DIR]
+        [--filter layer=15 --filter architecture=topk] [--bootstrap 200] [--seed 0]
+        [--convergence include|exclude]
 
-writes `DIR/fits.json` (see `analysis.fits.fit_scaling_laws`) and
-`DIR/plots/{loss_vs_n_latents,loss_vs_compute,loss_vs_tokens}.{png,pdf}`.
+writes `DIR/fits.json` (see `analysis.fits.fit_scaling_laws`: every law with standard
+errors and bootstrap 95% intervals) and `DIR/plots/<stem>.{png,pdf}` for each of
+`PLOT_STEMS` (the extrapolation plots only where the law was fitted).
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from analysis.results import load_results, matches, new_file_mode, resolve_resul
 from sae_jax.config import ConfigError
 
 FITS_FILENAME = "fits.json"
-PLOT_STEMS = ("loss_vs_n_latents", "loss_vs_compute", "loss_vs_tokens")
+PLOT_STEMS = ("loss_vs_n_latents", "loss_vs_compute", "loss_vs_tokens", "fig1", "loss_vs_k",
+              "compute_optimal", "lr_sweep")
+EXTRAPOLATION_STEMS = ("extrapolation_L_N", "extrapolation_L_C")
 
 
 def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
@@ -51,22 +56,31 @@ def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
 ResultsArg = str | os.PathLike | Sequence[str | os.PathLike] | Sequence[Mapping[str, Any]]
 
 
-def fit_sweep(results: ResultsArg, out_dir: str | os.PathLike | None = None,
+def fit_sweep(results: ResultsArg, out_dir: str | os.PathLike | None = None, *,
+              n_bootstrap: int = 200, bootstrap_seed: int = 0, convergence: str = "include",
               **filters: Any) -> dict[str, Any]:
-  """Load a sweep's records, fit its scaling laws, write fits.json and the plots.
+  """Load a sweep's records (or several sweeps'), fit every scaling law, write fits.json
+  and the plots.
 
   Args:
     results: a results.jsonl path, a sweep directory, a list of either, or the records
       themselves (a list of dicts).
     out_dir: where to write; default: the directory holding the (first) results.jsonl.
-    **filters: field=value record filters, as in `analysis.results.load_results`.
+    n_bootstrap: bootstrap resamples per fit (0: no intervals or bands; faster).
+    bootstrap_seed: the bootstrap seed.
+    convergence: "include" unconverged runs in L(N) and Eq. 3 (flagged, with a warning)
+      or "exclude" them; see `analysis.convergence`.
+    **filters: field=value record filters, as in `analysis.results.load_results`
+      (architecture="topk", layer=15, model="smollm2", k=32, ...).
 
   Returns:
-    The fits dict (as written to `out_dir/fits.json`).
+    The fits dict (as written to `out_dir/fits.json`), with "plots": the files written,
+    relative to out_dir.
 
   Writes:
     `out_dir/fits.json` (atomically: a failure leaves an old one intact) and
-    `out_dir/plots/{loss_vs_n_latents,loss_vs_compute,loss_vs_tokens}.{png,pdf}`.
+    `out_dir/plots/<stem>.{png,pdf}` for every stem of `PLOT_STEMS`, plus
+    `extrapolation_L_N` (the first k with an L(N) fit) and `extrapolation_L_C` when fitted.
 
   Raises:
     ConfigError: missing/empty results, no record left after filtering, or records
@@ -88,15 +102,41 @@ def fit_sweep(results: ResultsArg, out_dir: str | os.PathLike | None = None,
     if out_dir is None:
       raise ConfigError("fit_sweep was given records, not a results.jsonl path: pass out_dir")
   out_dir = os.fspath(out_dir)
-  fits = fit_scaling_laws(records)
+  fits = fit_scaling_laws(records, n_bootstrap=n_bootstrap, seed=bootstrap_seed,
+                          convergence=convergence)
   if filters:
     fits["filters"] = json.loads(json.dumps(filters, default=str))
-  write_json_atomic(fits, os.path.join(out_dir, FITS_FILENAME))
   plot_dir = os.path.join(out_dir, "plots")
-  plots.plot_loss_vs_n(records, fits, os.path.join(plot_dir, PLOT_STEMS[0]))
-  plots.plot_loss_vs_compute(records, fits, os.path.join(plot_dir, PLOT_STEMS[1]))
-  plots.plot_loss_vs_tokens(records, os.path.join(plot_dir, PLOT_STEMS[2]))
+  written = write_plots(records, fits, plot_dir)
+  fits["plots"] = [os.path.relpath(p, out_dir) for p in written]
+  write_json_atomic(fits, os.path.join(out_dir, FITS_FILENAME))
   return fits
+
+
+def write_plots(records: Sequence[Mapping[str, Any]], fits: Mapping[str, Any],
+                plot_dir: str | os.PathLike) -> list[str]:
+  """Every plot of a fitted table into plot_dir (see `fit_sweep`); returns the paths."""
+  stem = lambda name: os.path.join(plot_dir, name)  # noqa: E731
+  written = []
+  written += plots.plot_loss_vs_n(records, fits, stem("loss_vs_n_latents"))
+  written += plots.plot_loss_vs_compute(records, fits, stem("loss_vs_compute"))
+  written += plots.plot_loss_vs_tokens(records, stem("loss_vs_tokens"))
+  written += plots.plot_fig1(records, fits, stem("fig1"))
+  written += plots.plot_loss_vs_k(records, fits, stem("loss_vs_k"))
+  written += plots.plot_compute_optimal(fits, stem("compute_optimal"))
+  written += plots.plot_lr_sweep(fits, stem("lr_sweep"))
+  for key, entry in fits.get("L_N", {}).items():
+    fit = next((f for f in (entry.get("irreducible", {}), entry.get("power_law", {}))
+                if "params" in f and not f.get("degenerate")), None)
+    if fit is not None:
+      written += plots.plot_extrapolation(fit, stem("extrapolation_L_N"), xlabel="n_latents",
+                                          title=f"L(N) extrapolated, {key}")
+      break
+  if "params" in fits.get("L_C", {}):
+    written += plots.plot_extrapolation(fits["L_C"], stem("extrapolation_L_C"), factor=100.0,
+                                        xlabel="training compute (FLOPs)",
+                                        title="L(C) on the frontier, extrapolated")
+  return written
 
 
 def parse_filters(items: Sequence[str] | None) -> dict[str, Any]:
@@ -128,39 +168,83 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
                       help="keep records whose field KEY equals VALUE (repeatable; e.g. "
                            "--filter layer=15 --filter architecture=topk)")
+  parser.add_argument("--bootstrap", type=int, default=200, metavar="B",
+                      help="bootstrap resamples per fit for the 95%% intervals (0: none; "
+                           "default 200)")
+  parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+  parser.add_argument("--convergence", choices=("include", "exclude"), default="include",
+                      help="unconverged runs in L(N) and Eq. 3: include them, flagged "
+                           "(default), or exclude them")
 
 
-def _summary(fits: Mapping[str, Any]) -> str:
+def _value(fit: Mapping[str, Any], name: str, digits: int = 3) -> str:
+  """ "0.512 [0.48, 0.55]" (bootstrap 95%) or "0.512 ± 0.020" (stderr) or "0.512"."""
+  v = fit["params"][name]
+  ci = (fit.get("ci95") or {}).get(name)
+  if ci:
+    return f"{v:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+  se = (fit.get("stderr") or {}).get(name)
+  return f"{v:.{digits}f} ± {se:.{digits}f}" if se is not None else f"{v:.{digits}f}"
+
+
+def summary(fits: Mapping[str, Any]) -> str:
+  """The fits in a few lines: each exponent with its 95% bootstrap interval."""
   lines = [f"{fits['n_records']} records, {fits['n_runs']} runs, "
            f"sweeps: {', '.join(fits['sweeps'])}"]
+  conv = fits.get("convergence", {})
+  if conv.get("n_unconverged"):
+    lines.append(f"  {conv['n_unconverged']} of {len(conv['runs'])} runs not converged "
+                 f"({fits.get('settings', {}).get('convergence', 'include')}d; rule: "
+                 f"{conv['rule']})")
   for key, entry in fits["L_N"].items():
     for name in ("power_law", "irreducible"):
       fit = entry.get(name, entry)
       if "params" in fit:
-        p, se = fit["params"], fit["stderr"]
+        p = fit["params"]
         extra = f", c = {p['c']:.3g}" if "c" in p else ""
         flag = "  [degenerate]" if fit.get("degenerate") else ""
-        err = f" ± {se['alpha']:.3f}" if se.get("alpha") is not None else ""
-        lines.append(f"  L(N) {key:>8} {name:<11}: alpha = {p['alpha']:.3f}{err}, "
+        lines.append(f"  L(N) {key:>8} {name:<11}: alpha = {_value(fit, 'alpha')}, "
                      f"a = {p['a']:.3g}{extra}{flag}")
       elif name == "power_law":
         lines.append(f"  L(N) {key:>8}: {fit.get('error')}")
   L_C = fits["L_C"]
   if "params" in L_C:
     lines.append(f"  L(C) frontier ({len(L_C['frontier'])} points): "
-                 f"alpha = {L_C['params']['alpha']:.4f}, a = {L_C['params']['a']:.3g}")
+                 f"alpha = {_value(L_C, 'alpha', 4)}, a = {L_C['params']['a']:.3g}")
   else:
     lines.append(f"  L(C): {L_C.get('error')}")
+  L_NK = fits.get("L_NK", {})
+  if "params" in L_NK:
+    lines.append("  L(n, k) Eq. 3: " + ", ".join(f"{p} = {v:.3f}"
+                                                  for p, v in L_NK["params"].items()))
+  elif L_NK:
+    lines.append(f"  L(n, k) Eq. 3: {L_NK.get('error')}")
+  for key, entry in fits.get("compute_optimal", {}).items():
+    if "a" in entry:
+      lines.append(f"  compute-optimal {key:>8}: n* ~ C^{_value(entry['n_latents_opt'], 'b')}, "
+                   f"D* ~ C^{_value(entry['tokens_opt'], 'b')}")
+    else:
+      err = entry.get("error") or entry.get("n_latents_opt", {}).get("error")
+      lines.append(f"  compute-optimal {key:>8}: {err}")
+  for key, entry in fits.get("lr_opt", {}).items():
+    if "alpha" in entry:
+      lines.append(f"  optimal lr {key:>8}: lr* ~ n^-{_value(entry['lr_opt'], 'alpha')}")
+    elif "error" in entry or "lr_opt" in entry:
+      lines.append(f"  optimal lr {key:>8}: {entry.get('error') or entry['lr_opt'].get('error')}")
   return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
   """Run `sae-jax fit` from parsed arguments; prints a summary and where files went."""
-  fits = fit_sweep(args.results, args.out, **parse_filters(args.filter))
+  if args.bootstrap < 0:
+    raise ConfigError(f"--bootstrap {args.bootstrap} must be >= 0")
+  fits = fit_sweep(args.results, args.out, n_bootstrap=args.bootstrap, bootstrap_seed=args.seed,
+                   convergence=args.convergence, **parse_filters(args.filter))
   out = args.out or os.path.dirname(resolve_results_path(args.results[0])) or "."
-  print(_summary(fits))
+  print(summary(fits))
+  stems = sorted({os.path.splitext(os.path.basename(p))[0] for p in fits["plots"]})
   print(f"wrote {os.path.join(out, FITS_FILENAME)} and {os.path.join(out, 'plots')}/"
-        f"{{{','.join(PLOT_STEMS)}}}.{{png,pdf}}")
+        f"{{{','.join(stems)}}}.{{png,pdf}}")
   return fits
 
 

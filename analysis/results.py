@@ -173,3 +173,39 @@ def load_results(paths: str | os.PathLike | Iterable[str | os.PathLike],
     present = "; ".join(_describe_values(records, k) for k in filters)
     raise ConfigError(f"no records in {where} match {asked} (the records have {present})")
   return kept
+
+
+def run_key(record: Mapping[str, Any]) -> tuple[str, str]:
+  """The identity of a record's run: (sweep, run_id), so several sweeps can be pooled."""
+  return (str(record.get("sweep")), str(record.get("run_id")))
+
+
+def group_runs(records: Iterable[Mapping[str, Any]], x_key: str = "tokens",
+               *required: str) -> dict[tuple[str, str], list[Mapping[str, Any]]]:
+  """Records per run (`run_key`), each run's records sorted by `x_key`.
+
+  Records whose `x_key` or any `required` field is not a finite number > 0 are left out.
+  Runs are ordered by (k, n_latents, run key).
+  """
+  runs: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+  for r in records:
+    if _positive(r, x_key, *required):
+      runs.setdefault(run_key(r), []).append(r)
+
+  def order(item):
+    first = item[1][0]
+    return (_num(first.get("k")), _num(first.get("n_latents")), item[0])
+
+  return {key: sorted(rs, key=lambda r: r[x_key]) for key, rs in sorted(runs.items(), key=order)}
+
+
+def _num(v: Any) -> float:
+  return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else 0.0
+
+
+def _positive(record: Mapping[str, Any], *fields: str) -> bool:
+  for f in fields:
+    v = get_field(record, f)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < float("inf")):
+      return False
+  return True

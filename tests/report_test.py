@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from analysis import fit_sweep, load_results
-from analysis.report import PLOT_STEMS, main
+from analysis.report import EXTRAPOLATION_STEMS, PLOT_STEMS, main
 from sae_jax.config import ConfigError
 
 D_IN = 64
@@ -36,14 +36,22 @@ def _write_sweep(path, seed=0):
 
 def test_fit_sweep_writes_fits_and_plots(tmp_path):
   _write_sweep(tmp_path / "results.jsonl")
-  fits = fit_sweep(str(tmp_path / "results.jsonl"))  # out dir defaults to the file's dir
+  with pytest.warns(UserWarning, match="8 of 8 runs have not converged"):
+    # out dir defaults to the file's dir
+    fits = fit_sweep(str(tmp_path / "results.jsonl"), n_bootstrap=50)
   on_disk = json.loads((tmp_path / "fits.json").read_text())
   assert on_disk == json.loads(json.dumps(fits))
-  for stem in PLOT_STEMS:
+  stems = PLOT_STEMS + EXTRAPOLATION_STEMS  # both extrapolations: L(N) and L(C) are fitted
+  for stem in stems:
     for ext in ("png", "pdf"):
       assert (tmp_path / "plots" / f"{stem}.{ext}").stat().st_size > 1000
   assert sorted(os.listdir(tmp_path / "plots")) == sorted(
-      f"{s}.{e}" for s in PLOT_STEMS for e in ("png", "pdf"))  # no temp files left
+      f"{s}.{e}" for s in stems for e in ("png", "pdf"))  # no temp files left
+  assert sorted(fits["plots"]) == sorted(f"plots/{s}.{e}" for s in stems for e in ("png", "pdf"))
+  # Every law has a result or a one-line reason; the table's lr is fixed, so lr_opt is skipped.
+  assert "params" in fits["L_NK"] and fits["L_C"]["ci95"]["alpha"] is not None
+  assert all("skipped" in v for v in fits["lr_opt"].values())
+  assert fits["convergence"]["n_unconverged"] == 8  # 3 t^-0.3: still falling 19% per doubling
   assert set(fits["L_N"]) == {"k=16", "k=32"}
   for entry in fits["L_N"].values():
     assert entry["power_law"]["params"]["alpha"] > 0
@@ -57,10 +65,16 @@ def test_filters_and_cli(tmp_path, capsys):
   _write_sweep(tmp_path / "results.jsonl")
   assert {r["k"] for r in load_results(tmp_path, k="32")} == {32}
   out = tmp_path / "k32"
-  assert main([str(tmp_path), "--out", str(out), "--filter", "k=32", "--filter", "layer=15"]) == 0
+  assert main([str(tmp_path), "--out", str(out), "--filter", "k=32", "--filter", "layer=15",
+               "--bootstrap", "50", "--convergence", "exclude"]) == 0
   fits = json.loads((out / "fits.json").read_text())
-  assert list(fits["L_N"]) == ["k=32"] and fits["filters"] == {"k": "32", "layer": "15"}
-  assert "alpha" in capsys.readouterr().out
+  assert fits["filters"] == {"k": "32", "layer": "15"} and fits["n_runs"] == 4
+  assert fits["settings"]["n_bootstrap"] == 50 and fits["settings"]["convergence"] == "exclude"
+  # Every run is unconverged here, so excluding them leaves L(N) nothing to fit -- and says so.
+  assert list(fits["L_N"]) == ["all"] and "every run is unconverged" in fits["L_N"]["all"]["error"]
+  assert list(fits["compute_optimal"]) == ["k=32"]
+  out_text = capsys.readouterr().out
+  assert "L(C) frontier" in out_text and "4 of 4 runs not converged (excluded" in out_text
 
 
 def test_filter_matching_nothing_names_the_filter(tmp_path):

@@ -1,0 +1,42 @@
+"""Compute frontier: L(C) and the compute-optimal n_latents*(C), tokens*(C).
+
+Reproduces, at SmolLM2-135M scale: Gao et al. 2024, Fig. 1 left (normalized MSE vs
+training compute with the compute-efficient frontier and its power law L(C)) and the
+compute-optimal allocation of Templeton et al. 2024 (the optimal number of features grows
+faster with compute than the optimal number of steps: n* ~ C^a, D* ~ C^b, a > b, and
+a + b = 1 since C = 12 d_in n D). Residual stream of SmolLM2-135M-Instruct at its middle
+layer, the quickstart's 409,600-token activation cache (reused if present); TopK SAEs at
+k = 32 with n_latents in {128, ..., 4096} (6 runs), each trained long -- 8 epochs,
+3,276,800 tokens -- and evaluated at 24 log-spaced token counts from 1/512 of the budget,
+so every run's loss-vs-compute curve spans the compute range where the others are best.
+
+Run time on a 2-core CPU (an ESTIMATE, not yet measured): harvest ~6 min if the
+quickstart cache is absent, then training ~30 min (3.3M tokens per run at ~30k tokens/s
+for n_latents 128 down to ~5k tokens/s for 4096).
+
+    sae-jax sweep sweeps/compute_frontier.py
+    sae-jax fit runs/compute_frontier
+"""
+
+from sae_jax.config import default_config
+
+N_LATENTS = (128, 256, 512, 1024, 2048, 4096)
+
+
+def get_config():
+  c = default_config()
+  c.name = "compute_frontier"
+  c.data.n_train_tokens = 409_600
+  c.data.n_eval_tokens = 16_384
+  c.sae.k = 32
+  c.train.batch_size = 512
+  c.train.token_budget = 8 * 409_600  # 8 epochs of the cache
+  c.train.dead_tokens = 400_000
+  c.train.n_eval_points = 24
+  c.train.first_eval_fraction = 1 / 512
+  c.train.checkpoint_every_steps = 400
+  return c
+
+
+def get_sweep():
+  return [{"sae.n_latents": n} for n in N_LATENTS]

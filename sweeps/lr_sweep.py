@@ -1,0 +1,41 @@
+"""Learning-rate sweep: the optimal lr against n_latents.
+
+Reproduces, at SmolLM2-135M scale: Gao et al. 2024, Sec. 2.3 / Fig. 9 (the best
+learning rate falls as 1/sqrt(n_latents), the rule behind the default
+lr = 2e-4 / sqrt(n_latents / 2^14)). TopK SAEs at k = 32 with n_latents in
+{256, 1024, 4096}, each at 7 learning rates from 1/8 to 8 times that default (factor 2
+apart, 21 runs), all at the same token budget (the quickstart's 409,600 tokens, one epoch
+of its activation cache, reused if present). `analysis.optimal.optimal_learning_rates`
+takes the vertex of a parabola in log lr around each n_latents' best lr and fits
+lr*(n) = a n^(-alpha); Gao et al. find alpha = 0.5.
+
+Run time on a 2-core CPU (an ESTIMATE, not yet measured): harvest ~6 min if the
+quickstart cache is absent, then training ~20 min (409,600 tokens per run at ~30k
+tokens/s for n_latents 256 down to ~5k tokens/s for 4096).
+
+    sae-jax sweep sweeps/lr_sweep.py
+    sae-jax fit runs/lr_sweep
+"""
+
+from sae_jax.config import default_config, default_lr
+
+N_LATENTS = (256, 1024, 4096)
+LR_MULTIPLIERS = (1 / 8, 1 / 4, 1 / 2, 1, 2, 4, 8)
+
+
+def get_config():
+  c = default_config()
+  c.name = "lr_sweep"
+  c.data.n_train_tokens = 409_600
+  c.data.n_eval_tokens = 16_384
+  c.sae.k = 32
+  c.train.batch_size = 512
+  c.train.token_budget = 409_600
+  c.train.dead_tokens = 100_000
+  c.train.checkpoint_every_steps = 200
+  return c
+
+
+def get_sweep():
+  return [{"sae.n_latents": n, "train.lr": default_lr(n) * m}
+          for n in N_LATENTS for m in LR_MULTIPLIERS]

@@ -1,0 +1,43 @@
+"""n x k grid at convergence: L(N) per k and the joint L(n, k) of Gao et al. 2024, Eq. 3.
+
+Reproduces, at SmolLM2-135M scale: Gao et al. 2024, Sec. 3.1 / Fig. 1 right (L(N) at
+convergence per k, with and without an irreducible term) and Eq. 3 / Fig. 3 (the joint
+fit L(n, k) = exp(alpha + beta_k log k + beta_n log n + gamma log k log n)
++ exp(zeta + eta log k)). Residual stream of SmolLM2-135M-Instruct at its middle layer,
+the same 409,600-token activation cache as the quickstart (reused if present); TopK SAEs
+with n_latents in {256, ..., 4096} x k in {8, 16, 32, 64} (20 runs), each trained for
+4 epochs of the cache (1,638,400 tokens) so the smaller SAEs converge. Convergence is
+judged per run by the rule of `analysis.convergence` (loss drop < 5% over the last
+doubling of tokens); runs that have not converged are listed in fits.json.
+
+Run time on a 2-core CPU (an ESTIMATE, not yet measured): harvest ~6 min if the
+quickstart cache is absent (1,300 tokens/s), then training ~1 hour (1.6M tokens per run at
+~30k tokens/s for n_latents 256 down to ~5k tokens/s for 4096).
+
+    sae-jax sweep sweeps/nk_grid.py
+    sae-jax fit runs/nk_grid                 # or notebooks/03_reproduce_paper_plots.ipynb
+"""
+
+from sae_jax.config import default_config
+
+N_LATENTS = (256, 512, 1024, 2048, 4096)
+KS = (8, 16, 32, 64)
+
+
+def get_config():
+  c = default_config()
+  c.name = "nk_grid"
+  # The quickstart's data settings, so its activation cache is reused.
+  c.data.n_train_tokens = 409_600
+  c.data.n_eval_tokens = 16_384
+  c.train.batch_size = 512
+  c.train.token_budget = 4 * 409_600  # 4 epochs of the cache
+  c.train.dead_tokens = 400_000
+  c.train.n_eval_points = 12
+  c.train.first_eval_fraction = 1 / 128
+  c.train.checkpoint_every_steps = 400
+  return c
+
+
+def get_sweep():
+  return [{"sae.n_latents": n, "sae.k": k} for k in KS for n in N_LATENTS]
