@@ -68,7 +68,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.sae.multi_topk = False  # TopK: add L(4k)/8 (Gao et al. 2024, Sec. 5.3)
   c.sae.bandwidth = 1e-3  # JumpReLU: straight-through kernel width epsilon
   c.sae.initial_threshold = 1e-3  # JumpReLU: threshold at init
-  c.sae.target_activation = 0.05  # KL sparsity: target mean activation rho
+  c.sae.target_activation = 1e-3  # KL sparsity: target mean activation rho
   c.sae.prefixes = ml_collections.FieldReference(None, field_type=tuple)  # Matryoshka sizes
   c.sae.threshold_momentum = 0.99  # BatchTopK: EMA of the inference threshold
   # Input normalisation applied to every activation before the SAE sees it:

@@ -40,7 +40,7 @@ class Hyper:
   multi_topk: bool = False  # Gao et al. 2024 Multi-TopK: L(k) + L(4k) / 8
   bandwidth: float = 1e-3  # JumpReLU straight-through kernel width epsilon
   initial_threshold: float = 1e-3  # JumpReLU threshold at init
-  target_activation: float = 0.05  # KL-sparsity target rho
+  target_activation: float = 1e-3  # KL-sparsity target rho
   prefixes: tuple[int, ...] = ()  # Matryoshka nested dictionary sizes (ascending, last = n_latents)
   threshold_momentum: float = 0.99  # BatchTopK: EMA of the inference threshold
 
@@ -67,11 +67,21 @@ class Architecture(NamedTuple):
   decode: Callable[[Params, jax.Array], jax.Array]
   loss: Callable[..., Output]
   paper: str  # the source of the recipe
+  # The input normalisation its paper uses (a `sae.input_norm` value). Documentation for
+  # sweeps, which set sae.input_norm from it; `config.resolve` does not apply it.
+  input_norm: str = "unit_norm"
 
 
 # name -> module defining ARCH; imported on first use.
 _MODULES = {
     "topk": "sae_jax.topk",
+    "batchtopk": "sae_jax.batchtopk",
+    "matryoshka_batchtopk": "sae_jax.matryoshka",
+    "relu_l1": "sae_jax.relu_l1",
+    "relu_l1_unit_norm": "sae_jax.relu_l1_unit_norm",
+    "kl": "sae_jax.kl",
+    "jumprelu": "sae_jax.jumprelu",
+    "gated": "sae_jax.gated",
 }
 
 

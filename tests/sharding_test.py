@@ -36,12 +36,14 @@ def test_latent_specs():
 def _final(tmp_path, name, architecture="topk", **train_kw):
   c = _config(**train_kw)
   c.sae.architecture = architecture
+  if architecture == "jumprelu":
+    c.sae.k = None
   records = train.train(c, _source(), str(tmp_path / name), progress=False)
   state, _ = checkpoint.Checkpointer(str(tmp_path / name / "checkpoints")).restore_untyped()
   return records, state
 
 
-@pytest.mark.parametrize("architecture", ["topk"])
+@pytest.mark.parametrize("architecture", ["topk", "batchtopk", "jumprelu"])
 def test_every_mesh_equals_one_device(tmp_path, architecture):
   budget = dict(token_budget=2048, checkpoint_every_steps=8)
   ref_records, ref = _final(tmp_path, "single", architecture, n_devices=1, **budget)
