@@ -6,6 +6,12 @@
                     [--executor inline|local|slurm] [--group-size G] [--slurm KEY=VALUE ...]
     sae-jax export  RUN_DIR [--out DIR]
     sae-jax fit     RESULTS [--out DIR] [--filter k=32 ...]
+    sae-jax view    RUN_DIR [--out DIR] [--max-latents 512] [--max-contexts 1024]
+    sae-jax steer   PATH --prompt TEXT --latent I --value V [--latent J --value W ...]
+                    [--mode clamp|add] [--max-new-tokens 40] [--seed S]
+    sae-jax convert SRC OUT --to saelens|sae_jax
+    sae-jax eval    RUN_DIR|SWEEP_DIR [--measures basics,downstream,probes,ablation,explain]
+                    [--max-contexts C] [--max-latents M]
 
 Every error a user can fix is printed as one line (`sae-jax: error: ...`), exit status 2.
 """
@@ -95,6 +101,45 @@ def _export(args) -> None:
   print(export.export(args.run_dir, args.out))
 
 
+def _eval(args) -> None:
+  from sae_jax import evaluation
+  if args.max_contexts < 1 or args.max_latents < 1:
+    raise config_lib.ConfigError("--max-contexts and --max-latents must be at least 1")
+  evaluation.evaluate_runs(args.path, evaluation.parse_measures(args.measures),
+                           evaluation.Options(max_contexts=args.max_contexts,
+                                              max_latents=args.max_latents))
+
+
+def _view(args) -> None:
+  from sae_jax import viewer
+  print(viewer.build(args.run_dir, args.out, max_latents=args.max_latents,
+                     max_contexts=args.max_contexts, seed=args.seed))
+
+
+def _steer(args) -> None:
+  from sae_jax import steering
+  if len(args.latent) != len(args.value) or not args.latent:
+    raise config_lib.ConfigError("give --latent I --value V in pairs (one --value per --latent)")
+  model, tokenizer, params, cfg, layer = steering.load(args.path, args.model, args.layer)
+  clamps = [steering.Clamp(i, v, args.mode) for i, v in zip(args.latent, args.value)]
+  steering.check_clamps(clamps, params["W_dec"].shape[0])
+  out = steering.generate(model, tokenizer, params, cfg, layer, args.prompt, clamps,
+                          args.max_new_tokens, args.seed, args.temperature)
+  what = ", ".join(f"latent {c.latent} {'=' if c.mode == 'clamp' else '+='} {c.value:g}"
+                   for c in clamps)
+  print(f"prompt: {args.prompt!r} (layer {layer})")
+  print(f"unsteered: {out['unsteered']!r}")
+  print(f"steered ({what}): {out['steered']!r}")
+
+
+def _convert(args) -> None:
+  from sae_jax import interchange
+  if args.to == "saelens":
+    print(interchange.to_saelens(args.src, args.out))
+  else:
+    print(interchange.write_export(*interchange.load(args.src), args.out))
+
+
 def _fit(args) -> None:
   from analysis import report
   report.run(args)
@@ -150,6 +195,63 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("run_dir", help="a run directory, e.g. runs/quickstart/<run_id>")
   p.add_argument("--out", help="output directory (default RUN_DIR/export)")
   p.set_defaults(fn=_export)
+
+  p = sub.add_parser("eval", help="evaluate SAEs: downstream loss, probes, ablation, explanations",
+                     description="Gao et al. 2024's evaluation suite for a run directory (writes "
+                     "RUN_DIR/eval.json) or every run of a sweep directory (also eval.jsonl and "
+                     "plots/delta_ce_vs_normalized_mse); prints a table. README: Evaluation suite.")
+  p.add_argument("path", help="a run directory (or its checkpoints/), or a sweep directory")
+  p.add_argument("--measures", default="all",
+                 help="comma-separated subset of basics,downstream,probes,ablation,explain "
+                 "(default: all)")
+  p.add_argument("--max-contexts", type=int, default=64, metavar="C",
+                 help="held-out contexts for the downstream loss (default 64)")
+  p.add_argument("--max-latents", type=int, default=64, metavar="M",
+                 help="latents sampled for ablation sparsity and explanations (default 64)")
+  p.set_defaults(fn=_eval)
+
+  p = sub.add_parser("view", help="build a static HTML feature viewer of a run",
+                     description="Write RUN_DIR/viewer/index.html (sortable, searchable index "
+                     "of latents) and latents/<i>.html (top and quantile-sampled held-out "
+                     "contexts, activation histogram, output tokens, n-gram explanation). "
+                     "Opens from disk; no server.")
+  p.add_argument("run_dir", help="a run directory, e.g. runs/quickstart/<run_id>")
+  p.add_argument("--out", help="output directory (default RUN_DIR/viewer)")
+  p.add_argument("--max-latents", type=int, default=512,
+                 help="live latents given a page; more are sampled (default 512)")
+  p.add_argument("--max-contexts", type=int, default=1024,
+                 help="held-out contexts encoded (default 1024)")
+  p.add_argument("--seed", type=int, default=0, help="seed of the latent and context samples")
+  p.set_defaults(fn=_view)
+
+  p = sub.add_parser("steer", help="generate with SAE latents clamped at the hooked layer",
+                     description="Generate from a prompt with and without latents clamped "
+                     "to a value (or shifted by it, --mode add) at the SAE's layer; the SAE "
+                     "error term is kept, so no edit means no change.")
+  p.add_argument("path", help="a run directory, an export, a SAELens directory or an OpenAI .pt")
+  p.add_argument("--prompt", required=True)
+  p.add_argument("--latent", type=int, action="append", default=[], metavar="I",
+                 help="latent index (repeat with --value for several)")
+  p.add_argument("--value", type=float, action="append", default=[], metavar="V",
+                 help="value in the SAE's units (one per --latent)")
+  p.add_argument("--mode", choices=("clamp", "add"), default="clamp",
+                 help="clamp: z_i = V; add: z_i += V (default clamp)")
+  p.add_argument("--max-new-tokens", type=int, default=40)
+  p.add_argument("--seed", type=int, help="sample with this seed (default: greedy)")
+  p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+  p.add_argument("--model", help="the LM (default: the one the SAE was trained on)")
+  p.add_argument("--layer", type=int, help="the hooked layer (default: the SAE's)")
+  p.set_defaults(fn=_steer)
+
+  p = sub.add_parser("convert", help="convert an SAE to SAELens or sae_jax export files",
+                     description="SRC: a run directory, an export, a SAELens directory "
+                     "(cfg.json + sae_weights.safetensors) or an OpenAI state dict (.pt). "
+                     "--to saelens writes cfg.json + sae_weights.safetensors; --to sae_jax "
+                     "writes sae.safetensors + config.json (sae_jax.export_reference).")
+  p.add_argument("src")
+  p.add_argument("out", help="output directory")
+  p.add_argument("--to", choices=("saelens", "sae_jax"), required=True)
+  p.set_defaults(fn=_convert)
 
   p = sub.add_parser("fit", help="fit scaling laws to a results table and plot",
                      description="Fit L(N) per k and the L(C) frontier; write fits.json and plots/.")

@@ -19,6 +19,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -86,18 +87,10 @@ def check_writable(directory: str) -> None:
         f"cannot write to output directory {directory!r} ({e.strerror}); set out_dir=... to a writable path") from None
 
 
-def run_sweep(path: str, cli_overrides: dict | None = None, fit: bool = True,
-              progress: bool = True, log=print) -> str:
-  """Run a sweep file end to end; return the path of its results.jsonl.
-
-  Finished points (records.json present) are skipped; interrupted ones resume from their
-  last checkpoint. Every point's config is validated before anything runs.
-  """
-  from sae_jax import activations, distributed, train  # heavy imports only when running
-  primary = distributed.is_primary()
-  if not primary:
-    log = lambda *_: None  # noqa: E731 -- only process 0 speaks and writes
-
+def prepare(path: str, cli_overrides: dict | None = None
+            ) -> tuple[ml_collections.ConfigDict, list[dict], list[ml_collections.ConfigDict]]:
+  """(base config, points, one config per point) of a sweep file with the command-line
+  overrides applied; every point validated. Raises ConfigError on any bad point."""
   base, points = load_sweep(path)
   base = overrides_lib.apply(base, cli_overrides or {})
   if not points:
@@ -105,49 +98,128 @@ def run_sweep(path: str, cli_overrides: dict | None = None, fit: bool = True,
   configs = [overrides_lib.apply(base, p) for p in points]
   for cfg in configs:
     config_lib.resolve(cfg)  # fail fast on any bad point
-  out = os.path.join(base.out_dir, base.name)
-  check_writable(out)
+  return base, points, configs
 
-  caches = {}
-  results = []
-  t0 = time.time()
-  for i, (point, cfg) in enumerate(zip(points, configs)):
-    data_key = json.dumps(cfg.data.to_dict(), sort_keys=True, default=str) + str(cfg.seed)
-    if data_key not in caches:
-      caches[data_key] = activations.get_or_harvest(cfg, progress=progress)
-    cache = caches[data_key]
-    resolved = config_lib.resolve(cfg, cache.d_in)
-    rid = run_id(point, resolved)
-    run_dir = os.path.join(out, rid)
-    rec_path = os.path.join(run_dir, "records.json")
-    if os.path.exists(rec_path):
-      with open(rec_path) as f:
-        records = json.load(f)
-      log(f"[{i + 1}/{len(points)}] {rid}: finished earlier, reusing its records")
-    else:
-      os.makedirs(run_dir, exist_ok=True)
-      if primary:
-        write_json_atomic(os.path.join(run_dir, "config.json"), resolved.to_dict())
-      log(f"[{i + 1}/{len(points)}] {rid}: training {resolved.train.token_budget:,} tokens")
-      info = {"sweep": base.name, "run_id": rid, "model": cache.meta["model"],
-              "layer": cache.meta["layer"], "cache": os.path.basename(cache.path)}
-      records = train.train(resolved, cache, run_dir, info, progress=progress and primary)
-      if primary:
-        write_json_atomic(rec_path, records)
-      last = records[-1]
-      log(f"    normalized MSE {last['normalized_mse']:.4f}, L0 {last['l0']:.1f}, "
-          f"dead {last['dead_fraction']:.3f}, {last['wall_time_s']:.0f} s")
-    results.extend(records)
+
+def run_point(i: int, point: dict, cfg: ml_collections.ConfigDict, out: str, caches: dict,
+              n_points: int, progress: bool = True, log=print) -> list[dict]:
+  """Train point `i` of a sweep (or reuse its records.json), export it, return its records.
+
+  The one per-point code path of every executor: harvest or reuse the activation cache
+  (memoised in `caches` by data settings), resume from the point's checkpoints, write
+  <out>/<run_id>/records.json and the portable export (`sae_jax.export`).
+  """
+  from sae_jax import distributed, sources, train  # heavy imports only when running
+  primary = distributed.is_primary()
+  data_key = json.dumps(cfg.data.to_dict(), sort_keys=True, default=str) + str(cfg.seed)
+  if data_key not in caches:
+    caches[data_key] = sources.get_source(cfg, progress=progress)
+  cache = caches[data_key]
+  resolved = config_lib.resolve(cfg, cache.d_in)
+  rid = run_id(point, resolved)
+  run_dir = os.path.join(out, rid)
+  rec_path = os.path.join(run_dir, "records.json")
+  if os.path.exists(rec_path):
+    with open(rec_path) as f:
+      records = json.load(f)
+    log(f"[{i + 1}/{n_points}] {rid}: finished earlier, reusing its records")
+  else:
+    os.makedirs(run_dir, exist_ok=True)
+    if primary:
+      write_json_atomic(os.path.join(run_dir, "config.json"), resolved.to_dict())
+    log(f"[{i + 1}/{n_points}] {rid}: training {resolved.train.token_budget:,} tokens")
+    info = {"sweep": cfg.name, "run_id": rid, "model": cache.meta["model"],
+            "layer": cache.meta["layer"], "cache": os.path.basename(getattr(cache, "path", "synthetic"))}
+    records = train.train(resolved, cache, run_dir, info, progress=progress and primary)
+    if primary:
+      write_json_atomic(rec_path, records)
+    last = records[-1]
+    log(f"    normalized MSE {last['normalized_mse']:.4f}, L0 {last['l0']:.1f}, "
+        f"dead {last['dead_fraction']:.3f}, {last['wall_time_s']:.0f} s")
+  if primary and not os.path.exists(os.path.join(run_dir, "export", "config.json")):
+    export_point(run_dir)
+  return records
+
+
+def export_point(run_dir: str) -> str:
+  """Export a finished point as safetensors + JSON (`sae_jax.export.export`). In a
+  multi-process run the checkpoint is read by a single-process CPU subprocess, since
+  `Checkpointer.restore_untyped` reads onto one local device."""
+  import jax
+  from sae_jax import export
+  if jax.process_count() == 1:
+    return export.export(run_dir)
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(("SAE_JAX_COORDINATOR", "SAE_JAX_NUM_PROCESSES", "SAE_JAX_PROCESS_ID",
+                              "JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_"))}
+  env["JAX_PLATFORMS"] = "cpu"
+  subprocess.run([sys.executable, "-m", "sae_jax.export", run_dir], env=env, check=True,
+                 stdout=subprocess.DEVNULL)
+  return os.path.join(run_dir, "export")
+
+
+def run_points(path: str, indices: list[int], cli_overrides: dict | None = None,
+               progress: bool = False, log=print) -> list[list[dict]]:
+  """Run points `indices` of the sweep file at `path` (what one cluster job does); return
+  their records. Takes only a path, ints and a dict of plain values, so it pickles.
+
+  Raises ConfigError when a point's parameters + optimizer state do not fit this
+  process's devices (checked for all of them before any trains).
+  """
+  from sae_jax import distributed
+  from sweeps import cluster
+  if not distributed.is_primary():
+    log = lambda *_: None  # noqa: E731 -- only process 0 speaks and writes
+  base, points, configs = prepare(path, cli_overrides)
+  cluster.check_fits(cluster.plan(path, cli_overrides, only=indices))
+  out = os.path.join(base.out_dir, base.name)
+  caches: dict = {}
+  return [run_point(i, points[i], configs[i], out, caches, len(points), progress, log)
+          for i in indices]
+
+
+def write_results(out: str, results: list[dict], n_points: int, fit: bool, log=print,
+                  t0: float | None = None) -> str:
+  """Write <out>/results.jsonl (atomically) and, if `fit`, the fits and plots."""
   results_path = os.path.join(out, "results.jsonl")
-  if not primary:
-    return results_path
   write_json_atomic(results_path, results, jsonl=True)
-  log(f"{len(results)} records of {len(points)} runs -> {results_path} ({time.time() - t0:.0f} s)")
+  took = f" ({time.time() - t0:.0f} s)" if t0 is not None else ""
+  log(f"{len(results)} records of {n_points} runs -> {results_path}{took}")
   if fit:
     from analysis import report
     report.fit_sweep(results_path, out)
     log(f"fits -> {os.path.join(out, 'fits.json')}, plots -> {os.path.join(out, 'plots')}")
   return results_path
+
+
+def run_sweep(path: str, cli_overrides: dict | None = None, fit: bool = True,
+              progress: bool = True, log=print, device_memory_gb: float | None = None) -> str:
+  """Run a sweep file end to end in this process; return the path of its results.jsonl.
+
+  Finished points (records.json present) are skipped; interrupted ones resume from their
+  last checkpoint. Every point's config is validated, and its parameters + optimizer
+  state checked against the device memory (`sweeps.cluster.check_fits`), before anything
+  runs. Cluster executors: `sweeps.cluster.run_sweep_jobs`.
+  """
+  from sae_jax import distributed
+  from sweeps import cluster
+  primary = distributed.is_primary()
+  if not primary:
+    log = lambda *_: None  # noqa: E731 -- only process 0 speaks and writes
+
+  base, points, configs = prepare(path, cli_overrides)
+  cluster.check_fits(cluster.plan(path, cli_overrides, device_memory_gb=device_memory_gb))
+  out = os.path.join(base.out_dir, base.name)
+  check_writable(out)
+
+  caches: dict = {}
+  results = []
+  t0 = time.time()
+  for i, (point, cfg) in enumerate(zip(points, configs)):
+    results.extend(run_point(i, point, cfg, out, caches, len(points), progress, log))
+  if not primary:
+    return os.path.join(out, "results.jsonl")
+  return write_results(out, results, len(points), fit, log, t0)
 
 
 if __name__ == "__main__":
