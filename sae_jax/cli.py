@@ -87,7 +87,7 @@ def _sweep(args) -> None:
     cluster.check_fits(p)
   elif args.executor == "inline":
     launch.run_sweep(args.file, overrides, fit=not args.no_fit,
-                     device_memory_gb=args.device_memory_gb)
+                     device_memory_gb=args.device_memory_gb, saes_per_pass=args.saes_per_pass)
   else:
     cluster.run_sweep_jobs(args.file, overrides, args.executor, args.group_size, params,
                            fit=not args.no_fit, device_memory_gb=args.device_memory_gb)
@@ -120,9 +120,9 @@ def _steer(args) -> None:
   from sae_jax import steering
   if len(args.latent) != len(args.value) or not args.latent:
     raise config_lib.ConfigError("give --latent I --value V in pairs (one --value per --latent)")
-  model, tokenizer, params, cfg, layer = steering.load(args.path, args.model, args.layer)
   clamps = [steering.Clamp(i, v, args.mode) for i, v in zip(args.latent, args.value)]
-  steering.check_clamps(clamps, params["W_dec"].shape[0])
+  model, tokenizer, params, cfg, layer = steering.load(args.path, args.model, args.layer,
+                                                       clamps=clamps)
   out = steering.generate(model, tokenizer, params, cfg, layer, args.prompt, clamps,
                           args.max_new_tokens, args.seed, args.temperature)
   what = ", ".join(f"latent {c.latent} {'=' if c.mode == 'clamp' else '+='} {c.value:g}"
@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--executor", choices=("inline", "local", "slurm"), default="inline",
                  help="inline: this process (default); local: submitit jobs as local "
                  "processes; slurm: submitit jobs on SLURM")
+  p.add_argument("--saes-per-pass", type=int, default=8, metavar="S",
+                 help="points sharing a data source and batch order train together, up to S "
+                 "SAEs per pass over the data (each batch read once); default 8")
   p.add_argument("--group-size", type=int, default=1, metavar="G",
                  help="points per job (local, slurm); default 1")
   p.add_argument("--slurm", nargs="*", default=[], metavar="KEY=VALUE",

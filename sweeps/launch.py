@@ -101,44 +101,71 @@ def prepare(path: str, cli_overrides: dict | None = None
   return base, points, configs
 
 
-def run_point(i: int, point: dict, cfg: ml_collections.ConfigDict, out: str, caches: dict,
-              n_points: int, progress: bool = True, log=print) -> list[dict]:
-  """Train point `i` of a sweep (or reuse its records.json), export it, return its records.
+def run_points_here(indices: list[int], points: list[dict], configs: list, out: str,
+                    caches: dict, progress: bool = True, log=print,
+                    saes_per_pass: int = 8) -> dict[int, list[dict]]:
+  """Train points `indices` of a sweep in this process (or reuse their records.json),
+  export them, and return {index: records}.
 
-  The one per-point code path of every executor: harvest or reuse the activation cache
-  (memoised in `caches` by data settings), resume from the point's checkpoints, write
-  <out>/<run_id>/records.json and the portable export (`sae_jax.export`).
+  The one per-point code path of every executor: harvest or reuse the activation source
+  (memoised in `caches` by data settings); points that share a source and its batches
+  (`train.data_pass_key`) train together, up to `saes_per_pass` SAEs per pass over the
+  data (`train.train_many`: each batch read once, each SAE as if trained alone); each
+  resumes from its own checkpoints and writes <out>/<run_id>/records.json and its
+  portable export (`sae_jax.export`).
   """
   from sae_jax import distributed, sources, train  # heavy imports only when running
   primary = distributed.is_primary()
-  data_key = json.dumps(cfg.data.to_dict(), sort_keys=True, default=str) + str(cfg.seed)
-  if data_key not in caches:
-    caches[data_key] = sources.get_source(cfg, progress=progress)
-  cache = caches[data_key]
-  resolved = config_lib.resolve(cfg, cache.d_in)
-  rid = run_id(point, resolved)
-  run_dir = os.path.join(out, rid)
-  rec_path = os.path.join(run_dir, "records.json")
-  if os.path.exists(rec_path):
-    with open(rec_path) as f:
-      records = json.load(f)
-    log(f"[{i + 1}/{n_points}] {rid}: finished earlier, reusing its records")
-  else:
+  results: dict[int, list[dict]] = {}
+  run_dirs: dict[int, str] = {}
+  todo: dict[tuple, list] = {}
+  for i in indices:
+    cfg = configs[i]
+    data_key = json.dumps(cfg.data.to_dict(), sort_keys=True, default=str) + str(cfg.seed)
+    if data_key not in caches:
+      caches[data_key] = sources.get_source(cfg, progress=progress)
+    cache = caches[data_key]
+    resolved = config_lib.resolve(cfg, cache.d_in)
+    rid = run_id(points[i], resolved)
+    run_dir = run_dirs[i] = os.path.join(out, rid)
+    rec_path = os.path.join(run_dir, "records.json")
+    if os.path.exists(rec_path):
+      with open(rec_path) as f:
+        results[i] = json.load(f)
+      log(f"[{i + 1}/{len(points)}] {rid}: finished earlier, reusing its records")
+      continue
     os.makedirs(run_dir, exist_ok=True)
     if primary:
       write_json_atomic(os.path.join(run_dir, "config.json"), resolved.to_dict())
-    log(f"[{i + 1}/{n_points}] {rid}: training {resolved.train.token_budget:,} tokens")
     info = {"sweep": cfg.name, "run_id": rid, "model": cache.meta["model"],
-            "layer": cache.meta["layer"], "cache": os.path.basename(getattr(cache, "path", "synthetic"))}
-    records = train.train(resolved, cache, run_dir, info, progress=progress and primary)
-    if primary:
-      write_json_atomic(rec_path, records)
-    last = records[-1]
-    log(f"    normalized MSE {last['normalized_mse']:.4f}, L0 {last['l0']:.1f}, "
-        f"dead {last['dead_fraction']:.3f}, {last['wall_time_s']:.0f} s")
-  if primary and not os.path.exists(os.path.join(run_dir, "export", "config.json")):
-    export_point(run_dir)
-  return records
+            "layer": cache.meta["layer"],
+            "cache": os.path.basename(getattr(cache, "path", "synthetic"))}
+    todo.setdefault((data_key, train.data_pass_key(resolved)), []).append(
+        (i, resolved, run_dir, info))
+
+  for (data_key, _), group in todo.items():
+    for start in range(0, len(group), max(1, saes_per_pass)):
+      chunk = group[start:start + max(1, saes_per_pass)]
+      for i, resolved, run_dir, info in chunk:
+        log(f"[{i + 1}/{len(points)}] {info['run_id']}: training "
+            f"{resolved.train.token_budget:,} tokens")
+      if len(chunk) > 1:
+        log(f"    ({len(chunk)} SAEs share one pass over the data)")
+      all_records = train.train_many([r for _, r, _, _ in chunk], caches[data_key],
+                                     [d for _, _, d, _ in chunk], [f for _, _, _, f in chunk],
+                                     progress=progress and primary)
+      for (i, _, run_dir, info), records in zip(chunk, all_records):
+        if primary:
+          write_json_atomic(os.path.join(run_dir, "records.json"), records)
+        last = records[-1]
+        log(f"    {info['run_id']}: normalized MSE {last['normalized_mse']:.4f}, "
+            f"L0 {last['l0']:.1f}, dead {last['dead_fraction']:.3f}, "
+            f"{last['wall_time_s']:.0f} s")
+        results[i] = records
+  for i in indices:
+    if primary and not os.path.exists(os.path.join(run_dirs[i], "export", "config.json")):
+      export_point(run_dirs[i])
+  return results
 
 
 def export_point(run_dir: str) -> str:
@@ -173,9 +200,8 @@ def run_points(path: str, indices: list[int], cli_overrides: dict | None = None,
   base, points, configs = prepare(path, cli_overrides)
   cluster.check_fits(cluster.plan(path, cli_overrides, only=indices))
   out = os.path.join(base.out_dir, base.name)
-  caches: dict = {}
-  return [run_point(i, points[i], configs[i], out, caches, len(points), progress, log)
-          for i in indices]
+  done = run_points_here(indices, points, configs, out, {}, progress, log)
+  return [done[i] for i in indices]
 
 
 def write_results(out: str, results: list[dict], n_points: int, fit: bool, log=print,
@@ -193,7 +219,8 @@ def write_results(out: str, results: list[dict], n_points: int, fit: bool, log=p
 
 
 def run_sweep(path: str, cli_overrides: dict | None = None, fit: bool = True,
-              progress: bool = True, log=print, device_memory_gb: float | None = None) -> str:
+              progress: bool = True, log=print, device_memory_gb: float | None = None,
+              saes_per_pass: int = 8) -> str:
   """Run a sweep file end to end in this process; return the path of its results.jsonl.
 
   Finished points (records.json present) are skipped; interrupted ones resume from their
@@ -212,11 +239,10 @@ def run_sweep(path: str, cli_overrides: dict | None = None, fit: bool = True,
   out = os.path.join(base.out_dir, base.name)
   check_writable(out)
 
-  caches: dict = {}
-  results = []
   t0 = time.time()
-  for i, (point, cfg) in enumerate(zip(points, configs)):
-    results.extend(run_point(i, point, cfg, out, caches, len(points), progress, log))
+  done = run_points_here(list(range(len(points))), points, configs, out, {}, progress, log,
+                         saes_per_pass)
+  results = [rec for i in range(len(points)) for rec in done[i]]
   if not primary:
     return os.path.join(out, "results.jsonl")
   return write_results(out, results, len(points), fit, log, t0)

@@ -16,3 +16,31 @@ def smollm2():
   """(model, tokenizer, info) of the embedded SmolLM2, loaded once per session (~18 s)."""
   from sae_jax import lm  # pylint: disable=import-outside-toplevel
   return lm.load_lm("smollm2")
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_run(tmp_path_factory):
+  """A run directory (config.json, records.json, checkpoints/) of a small TopK SAE
+  (256 latents, k=8) trained on the real SmolLM2 middle layer over ~4k tokens, with a
+  2016-token held-out split; built once per session (~1 min) for the viewer and steering
+  tests."""
+  import json  # pylint: disable=import-outside-toplevel
+  from sae_jax import config, sources, train  # pylint: disable=import-outside-toplevel
+  root = tmp_path_factory.mktemp("tiny_lm_run")
+  c = config.default_config()
+  c.name = "tiny"
+  c.data.n_train_tokens, c.data.n_eval_tokens, c.data.shard_tokens = 4032, 2016, 2016
+  c.data.cache_dir = str(root / "cache")
+  c.sae.n_latents, c.sae.k, c.sae.geometric_median_samples = 256, 8, 1024
+  c.train.batch_size, c.train.token_budget = 64, 3 * 4032
+  c.train.checkpoint_every_steps, c.train.n_eval_points, c.train.dead_tokens = 64, 2, 2000
+  cache = sources.get_source(c, progress=False)
+  resolved = config.resolve(c, cache.d_in)
+  run_dir = root / "tiny" / "run"
+  run_dir.mkdir(parents=True)
+  (run_dir / "config.json").write_text(json.dumps(resolved.to_dict(), indent=1))
+  records = train.train(resolved, cache, str(run_dir),
+                        {"sweep": "tiny", "run_id": "run", "model": cache.meta["model"],
+                         "layer": cache.meta["layer"]}, progress=False)
+  (run_dir / "records.json").write_text(json.dumps(records))
+  return str(run_dir)

@@ -144,8 +144,10 @@ def _cli_error(capsys, *argv):
   rc = cli.main(list(argv))
   err = capsys.readouterr().err.strip()
   assert rc == 2, err
-  assert err.startswith("sae-jax: error: ") and "\n" not in err, err
-  return err
+  last = err.splitlines()[-1]  # progress lines ("[sae_jax] reusing ...") may come first
+  assert last.startswith("sae-jax: error: "), err
+  assert "Traceback" not in err
+  return last
 
 
 def test_bad_input_is_one_line_and_loses_nothing(sweep, uninterrupted, capsys, tmp_path):
