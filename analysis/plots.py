@@ -203,7 +203,7 @@ def _band(ax: Any, fit: LawFit | None, x: np.ndarray, color: Any, alpha: float =
     ax.fill_between(x, lo, hi, color=color, alpha=alpha, lw=0, zorder=1)
 
 
-def _pm(fit: Mapping[str, Any], name: str, digits: int = 2) -> str:
+def format_param(fit: Mapping[str, Any], name: str, digits: int = 2) -> str:
   """ "0.53 ± 0.04" (standard error) or "0.53 [0.48, 0.58]" (bootstrap) or "0.53"."""
   v = fit["params"][name]
   ci = (fit.get("ci95") or {}).get(name)
@@ -238,7 +238,7 @@ def _draw_loss_vs_n(ax: Any, records, fits, loss_key: str) -> None:
     label = key
     n_grid = np.geomspace(n.min() / 1.25, n.max() * 1.25, 200)
     if "params" in pure:
-      label = f"{key}: α = {_pm(pure, 'alpha')}"
+      label = f"{key}: α = {format_param(pure, 'alpha')}"
       ax.plot(n_grid, pure["params"]["a"] * n_grid ** -pure["params"]["alpha"], color=color,
               lw=1.3, zorder=2)
       _band(ax, _fit_or_none(pure), n_grid, color)
@@ -324,7 +324,7 @@ def _draw_loss_vs_compute(fig: Figure, ax: Any, records, fits, loss_key: str) ->
       _band(ax, _fit_or_none(L_C), c_grid, "black", alpha=0.1)
       handles.append(ax.plot(c_grid, p["a"] * c_grid ** -p["alpha"], color="black", lw=1.3,
                              ls="--", zorder=3,
-                             label=f"$L(C) \\propto C^{{-\\alpha}}$, α = {_pm(L_C, 'alpha', 3)}")[0])
+                             label=f"$L(C) \\propto C^{{-\\alpha}}$, α = {format_param(L_C, 'alpha', 3)}")[0])
   if len(styles) > 1:
     handles += [Line2D([], [], color="0.4", ls=ls, label=f"k={k}") for k, ls in styles.items()]
   if runs:
@@ -541,7 +541,7 @@ def plot_compute_optimal(fits: Mapping[str, Any], path: str | os.PathLike, *,
         grid = np.geomspace(c.min() / 1.5, c.max() * 1.5, 200)
         _band(ax, fit, grid, color)
         ax.plot(grid, fit.predict(grid), color=color, lw=1.3, zorder=2,
-                label=f"$\\propto C^{{{sym}}}$, {sym} = {_pm(entry[fit_key], 'b')}")
+                label=f"$\\propto C^{{{sym}}}$, {sym} = {format_param(entry[fit_key], 'b')}")
       ax.set_xscale("log")
       ax.set_yscale("log")
       _log_axis(ax.xaxis, _sci, dense=False)
@@ -602,7 +602,7 @@ def plot_lr_sweep(fits: Mapping[str, Any], path: str | os.PathLike, *,
       if fit is not None:
         _band(right, fit, grid, PALETTE[0])
         right.plot(grid, fit.predict(grid), color=PALETTE[0], lw=1.3,
-                   label=f"$\\propto n^{{-\\alpha}}$, α = {_pm(entry['lr_opt'], 'alpha')}")
+                   label=f"$\\propto n^{{-\\alpha}}$, α = {format_param(entry['lr_opt'], 'alpha')}")
       ref = lr[~edge][0] if (~edge).any() else lr[0]
       n0 = n[~edge][0] if (~edge).any() else n[0]
       right.plot(grid, ref * (grid / n0) ** -0.5, color="0.5", lw=1.0, ls="--",

@@ -15,13 +15,13 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from analysis import plots
 from analysis.fits import fit_scaling_laws
-from analysis.results import load_results, matches, new_file_mode, resolve_results_path
+from analysis.results import load_results, matches, resolve_results_path
+from sae_jax import files
 from sae_jax.config import ConfigError
 
 FITS_FILENAME = "fits.json"
@@ -31,26 +31,12 @@ EXTRAPOLATION_STEMS = ("extrapolation_L_N", "extrapolation_L_C")
 
 
 def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
-  """Write `obj` as JSON to `path` via a temp file + os.replace: an old file survives any failure.
+  """Write `obj` as JSON to `path` atomically (`sae_jax.files`); NaN is refused.
 
   Raises:
     TypeError / ValueError: `obj` is not JSON-serialisable (nothing is written).
   """
-  path = os.fspath(path)
-  parent = os.path.dirname(path) or "."
-  os.makedirs(parent, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-  try:
-    os.chmod(tmp, new_file_mode())
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      json.dump(obj, f, indent=2, allow_nan=False)
-      f.write("\n")
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  files.atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
 
 
 ResultsArg = str | os.PathLike | Sequence[str | os.PathLike] | Sequence[Mapping[str, Any]]
@@ -177,16 +163,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "(default), or exclude them")
 
 
-def _value(fit: Mapping[str, Any], name: str, digits: int = 3) -> str:
-  """ "0.512 [0.48, 0.55]" (bootstrap 95%) or "0.512 ± 0.020" (stderr) or "0.512"."""
-  v = fit["params"][name]
-  ci = (fit.get("ci95") or {}).get(name)
-  if ci:
-    return f"{v:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
-  se = (fit.get("stderr") or {}).get(name)
-  return f"{v:.{digits}f} ± {se:.{digits}f}" if se is not None else f"{v:.{digits}f}"
-
-
 def summary(fits: Mapping[str, Any]) -> str:
   """The fits in a few lines: each exponent with its 95% bootstrap interval."""
   lines = [f"{fits['n_records']} records, {fits['n_runs']} runs, "
@@ -203,14 +179,14 @@ def summary(fits: Mapping[str, Any]) -> str:
         p = fit["params"]
         extra = f", c = {p['c']:.3g}" if "c" in p else ""
         flag = "  [degenerate]" if fit.get("degenerate") else ""
-        lines.append(f"  L(N) {key:>8} {name:<11}: alpha = {_value(fit, 'alpha')}, "
+        lines.append(f"  L(N) {key:>8} {name:<11}: alpha = {plots.format_param(fit, 'alpha')}, "
                      f"a = {p['a']:.3g}{extra}{flag}")
       elif name == "power_law":
         lines.append(f"  L(N) {key:>8}: {fit.get('error')}")
   L_C = fits["L_C"]
   if "params" in L_C:
     lines.append(f"  L(C) frontier ({len(L_C['frontier'])} points): "
-                 f"alpha = {_value(L_C, 'alpha', 4)}, a = {L_C['params']['a']:.3g}")
+                 f"alpha = {plots.format_param(L_C, 'alpha', 4)}, a = {L_C['params']['a']:.3g}")
   else:
     lines.append(f"  L(C): {L_C.get('error')}")
   L_NK = fits.get("L_NK", {})
@@ -221,14 +197,14 @@ def summary(fits: Mapping[str, Any]) -> str:
     lines.append(f"  L(n, k) Eq. 3: {L_NK.get('error')}")
   for key, entry in fits.get("compute_optimal", {}).items():
     if "a" in entry:
-      lines.append(f"  compute-optimal {key:>8}: n* ~ C^{_value(entry['n_latents_opt'], 'b')}, "
-                   f"D* ~ C^{_value(entry['tokens_opt'], 'b')}")
+      lines.append(f"  compute-optimal {key:>8}: n* ~ C^{plots.format_param(entry['n_latents_opt'], 'b')}, "
+                   f"D* ~ C^{plots.format_param(entry['tokens_opt'], 'b')}")
     else:
       err = entry.get("error") or entry.get("n_latents_opt", {}).get("error")
       lines.append(f"  compute-optimal {key:>8}: {err}")
   for key, entry in fits.get("lr_opt", {}).items():
     if "alpha" in entry:
-      lines.append(f"  optimal lr {key:>8}: lr* ~ n^-{_value(entry['lr_opt'], 'alpha')}")
+      lines.append(f"  optimal lr {key:>8}: lr* ~ n^-{plots.format_param(entry['lr_opt'], 'alpha')}")
     elif "error" in entry or "lr_opt" in entry:
       lines.append(f"  optimal lr {key:>8}: {entry.get('error') or entry['lr_opt'].get('error')}")
   return "\n".join(lines)

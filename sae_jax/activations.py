@@ -29,12 +29,12 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 
 import ml_dtypes
 import numpy as np
 
 from sae_jax import config as config_lib
+from sae_jax import files
 from sae_jax import corpus as corpus_lib
 from sae_jax import lm as lm_lib
 from sae_jax.config import ConfigError
@@ -59,34 +59,8 @@ def _version() -> str:
 # ------------------------------------------------------------------ small file helpers
 
 
-def _fsync_replace(tmp: str, path: str) -> None:
-  os.replace(tmp, path)
-  try:  # make the rename durable
-    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    try:
-      os.fsync(fd)
-    finally:
-      os.close(fd)
-  except OSError:
-    pass
-
-
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    _fsync_replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def _atomic_write_json(path: str, obj) -> None:
-  _atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
+  files.atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
 
 
 def _read_json(path: str):
@@ -106,7 +80,7 @@ def _npy_bytes(a: np.ndarray) -> bytes:
 def _write_npy(path: str, a: np.ndarray) -> dict:
   """Write an .npy atomically; return its record {file, n_rows, n_bytes, sha256}."""
   data = _npy_bytes(a)
-  _atomic_write_bytes(path, data)
+  files.atomic_write_bytes(path, data)
   return dict(file=os.path.basename(path), n_rows=int(a.shape[0]), n_bytes=len(data),
               sha256=hashlib.sha256(data).hexdigest())
 
@@ -125,17 +99,6 @@ def from_storage(a: np.ndarray, dtype: str) -> np.ndarray:
   if dtype == "bfloat16":
     return np.asarray(a).view(ml_dtypes.bfloat16).astype(np.float32)
   return np.asarray(a, np.float32)
-
-
-def _check_writable(directory: str) -> None:
-  """Raise ConfigError unless files can be created in `directory` (created if needed)."""
-  try:
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
-      pass
-  except OSError as e:
-    raise ConfigError(f"cannot write to {directory}: {e.strerror or e}; "
-                      "set data.cache_dir or SAE_JAX_CACHE") from None
 
 
 # ---------------------------------------------------------------------------- writing
@@ -484,7 +447,8 @@ def get_or_harvest(cfg, progress: bool = True) -> ActivationCache:
     raise ConfigError(f"data.site={d.site!r} is not supported; use 'residual'")
   root = config_lib.cache_root(cfg)
   act_dir = os.path.join(root, "activations")
-  _check_writable(act_dir)
+  files.check_writable(act_dir, "the activation cache directory",
+                      "set data.cache_dir or SAE_JAX_CACHE to a writable path")
 
   info = lm_lib.describe_lm(d.model, root)
   layer = config_lib.middle_layer(info["n_layers"]) if d.layer is None else int(d.layer)

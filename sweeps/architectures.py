@@ -36,7 +36,7 @@ for the 32 SAEs, plus ~30 min of harvesting if the quickstart has not built the 
 """
 
 from sae_jax import sae
-from sae_jax.config import default_config
+from sweeps import quickstart
 
 N_LATENTS = 2048
 COMMON_INPUT_NORM = "unit_norm"  # None: each architecture's paper's (Architecture.input_norm)
@@ -69,15 +69,9 @@ JUMPRELU_INITIAL_THRESHOLD = {"unit_norm": 0.05, "mean_norm": 0.5}
 
 
 def get_config():
-  c = default_config()
+  c = quickstart.get_config()  # the quickstart's data settings: one shared cache
   c.name = "architectures"
-  c.data.n_train_tokens = 409_600  # the quickstart's data settings: one shared cache
-  c.data.n_eval_tokens = 16_384
   c.sae.n_latents = N_LATENTS
-  c.train.batch_size = 512
-  c.train.token_budget = 409_600
-  c.train.dead_tokens = 100_000  # a quarter of the budget, as in the quickstart
-  c.train.checkpoint_every_steps = 200
   return c
 
 

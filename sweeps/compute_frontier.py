@@ -18,18 +18,15 @@ for n_latents 128 down to ~5k tokens/s for 4096).
     sae-jax fit runs/compute_frontier
 """
 
-from sae_jax.config import default_config
+from sweeps import quickstart
 
 N_LATENTS = (128, 256, 512, 1024, 2048, 4096)
 
 
 def get_config():
-  c = default_config()
+  c = quickstart.get_config()  # the quickstart's data settings: one shared cache
   c.name = "compute_frontier"
-  c.data.n_train_tokens = 409_600
-  c.data.n_eval_tokens = 16_384
   c.sae.k = 32
-  c.train.batch_size = 512
   c.train.token_budget = 8 * 409_600  # 8 epochs of the cache
   c.train.dead_tokens = 400_000
   c.train.n_eval_points = 24

@@ -21,12 +21,11 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 
 import ml_collections
 
-from sae_jax import config as config_lib, overrides as overrides_lib
+from sae_jax import config as config_lib, files, overrides as overrides_lib
 
 
 def load_sweep(path: str) -> tuple[ml_collections.ConfigDict, list[dict]]:
@@ -58,33 +57,8 @@ def run_id(point: dict, resolved: ml_collections.ConfigDict) -> str:
   return "_".join(parts + [digest]).replace("/", "-")
 
 
-def write_json_atomic(path: str, obj, jsonl: bool = False) -> None:
-  """Write to a temporary file in the same directory, then rename over `path`."""
-  d = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
-  try:
-    with os.fdopen(fd, "w") as f:
-      if jsonl:
-        for rec in obj:
-          f.write(json.dumps(rec, default=float) + "\n")
-      else:
-        json.dump(obj, f, indent=1, default=float)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
-def check_writable(directory: str) -> None:
-  """Create `directory` if needed and prove it is writable, before any work starts."""
-  try:
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=directory, prefix=".probe-"):
-      pass
-  except OSError as e:
-    raise config_lib.ConfigError(
-        f"cannot write to output directory {directory!r} ({e.strerror}); set out_dir=... to a writable path") from None
+write_json_atomic = files.write_json_atomic
+check_writable = files.check_writable
 
 
 def prepare(path: str, cli_overrides: dict | None = None

@@ -17,22 +17,17 @@ tokens/s for n_latents 256 down to ~5k tokens/s for 4096).
     sae-jax fit runs/lr_sweep
 """
 
-from sae_jax.config import default_config, default_lr
+from sae_jax.config import default_lr
+from sweeps import quickstart
 
 N_LATENTS = (256, 1024, 4096)
 LR_MULTIPLIERS = (1 / 8, 1 / 4, 1 / 2, 1, 2, 4, 8)
 
 
 def get_config():
-  c = default_config()
+  c = quickstart.get_config()  # the quickstart's data settings: one shared cache
   c.name = "lr_sweep"
-  c.data.n_train_tokens = 409_600
-  c.data.n_eval_tokens = 16_384
   c.sae.k = 32
-  c.train.batch_size = 512
-  c.train.token_budget = 409_600
-  c.train.dead_tokens = 100_000
-  c.train.checkpoint_every_steps = 200
   return c
 
 

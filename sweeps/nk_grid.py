@@ -18,19 +18,15 @@ quickstart cache is absent (1,300 tokens/s), then training ~1 hour (1.6M tokens 
     sae-jax fit runs/nk_grid                 # or notebooks/03_reproduce_paper_plots.ipynb
 """
 
-from sae_jax.config import default_config
+from sweeps import quickstart
 
 N_LATENTS = (256, 512, 1024, 2048, 4096)
 KS = (8, 16, 32, 64)
 
 
 def get_config():
-  c = default_config()
+  c = quickstart.get_config()  # the quickstart's data settings: one shared cache
   c.name = "nk_grid"
-  # The quickstart's data settings, so its activation cache is reused.
-  c.data.n_train_tokens = 409_600
-  c.data.n_eval_tokens = 16_384
-  c.train.batch_size = 512
   c.train.token_budget = 4 * 409_600  # 4 epochs of the cache
   c.train.dead_tokens = 400_000
   c.train.n_eval_points = 12

@@ -210,7 +210,7 @@ def test_corrupt_shard_in_partial_is_redone(tmp_path, fake_lm):
 
 def test_harvest_errors(tmp_path, fake_lm):
   (tmp_path / "file").write_text("")
-  with pytest.raises(ConfigError, match=r"cannot write to .*file/activations: .*set data.cache_dir"):
+  with pytest.raises(ConfigError, match=r"cannot write to .*file/activations.*set data.cache_dir"):
     activations.get_or_harvest(_cfg(tmp_path, tmp_path / "file"), progress=False)
   assert not fake_lm["models"]  # checked before loading the model
   with pytest.raises(ConfigError, match=r"the train split .* has only \d+ tokens .*lower "
