@@ -82,7 +82,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 1024  # tokens per step (global, over all devices)
   c.train.token_budget = ml_collections.FieldReference(None, field_type=int)  # None: n_train_tokens
-  c.train.lr = ml_collections.FieldReference(None, field_type=float)  # None: 2e-4 / sqrt(n_latents / 2**14)
+  c.train.lr = ml_collections.FieldReference(None, field_type=float)  # None: lr_scale * 2e-4 / sqrt(n_latents / 2**14)
+  c.train.lr_scale = 1.0  # multiplies the default lr formula (keeps lr ~ 1/sqrt(n_latents))
   c.train.adam_b1 = 0.9
   c.train.adam_b2 = 0.999
   c.train.adam_eps = 6.25e-10  # Gao et al. 2024, Sec. 2.3
@@ -142,7 +143,7 @@ def resolve(c: ml_collections.ConfigDict, d_in: int | None = None) -> ml_collect
     c.train.token_budget = c.data.n_train_tokens
   c.train.token_budget = int(c.train.token_budget)
   if c.train.lr is None:
-    c.train.lr = default_lr(c.sae.n_latents)
+    c.train.lr = c.train.lr_scale * default_lr(c.sae.n_latents)
   if d_in is not None and c.train.k_aux is None:
     c.train.k_aux = min(default_k_aux(d_in), c.sae.n_latents)
   return c
@@ -175,6 +176,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   need(t.token_budget is None or t.token_budget >= t.batch_size,
        f"train.token_budget={t.token_budget} is smaller than one batch ({t.batch_size} tokens)")
   need(t.lr is None or t.lr > 0, f"train.lr={t.lr} must be positive")
+  need(t.lr_scale > 0, f"train.lr_scale={t.lr_scale} must be positive")
   need(t.k_aux is None or 0 < t.k_aux <= s.n_latents,
        f"train.k_aux={t.k_aux} must be in [1, n_latents={s.n_latents}]")
   need(t.dead_tokens > 0, f"train.dead_tokens={t.dead_tokens} must be positive")
