@@ -207,10 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--measures", default="all",
                  help="comma-separated subset of basics,downstream,probes,ablation,explain "
                  "(default: all)")
-  p.add_argument("--max-contexts", type=int, default=64, metavar="C",
-                 help="held-out contexts for the downstream loss (default 64)")
-  p.add_argument("--max-latents", type=int, default=64, metavar="M",
-                 help="latents sampled for ablation sparsity and explanations (default 64)")
+  p.add_argument("--max-contexts", type=int, default=32, metavar="C",
+                 help="held-out contexts for the downstream loss (default 32)")
+  p.add_argument("--max-latents", type=int, default=32, metavar="M",
+                 help="latents sampled for ablation sparsity and explanations (default 32)")
   p.set_defaults(fn=_eval)
 
   p = sub.add_parser("view", help="build a static HTML feature viewer of a run",
