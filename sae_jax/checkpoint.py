@@ -6,6 +6,7 @@ previous checkpoint.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -59,8 +60,16 @@ class Checkpointer:
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
     here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    metadata = ocp.StandardCheckpointer().metadata(
-        os.path.join(self.directory, str(step), "state")).item_metadata
+    # Orbax logs a warning that a manager's item has no step-level metadata file; the
+    # array metadata it then reads is all we need.
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+      metadata = ocp.StandardCheckpointer().metadata(
+          os.path.join(self.directory, str(step), "state")).item_metadata
+    finally:
+      absl_logger.setLevel(level)
     metadata = getattr(metadata, "tree", metadata)
     abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
                             metadata, is_leaf=lambda m: hasattr(m, "shape"))
