@@ -94,6 +94,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.first_eval_fraction = 1 / 64  # first evaluation at this fraction of the budget
   c.train.checkpoint_every_steps = 100
   c.train.n_devices = ml_collections.FieldReference(None, field_type=int)  # None: all
+  # Measures of the evaluation suite (sae_jax.evaluation: "downstream", "probes",
+  # "ablation", "explain") added to every evaluation record; they run the LM, so cost
+  # time (README, "Evaluation suite"). Empty: normalized MSE, L0, dead/dense only.
+  c.train.eval_measures = ()
+  c.train.eval_max_contexts = 32
+  c.train.eval_max_latents = 32
   c.train.model_parallel = 1  # size of the mesh's `model` axis: latent shards
   return c
 

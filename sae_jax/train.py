@@ -303,12 +303,24 @@ class _Run:
     if done in self.evals or done % self.c.train.checkpoint_every_steps == 0:
       self.check(*jax.device_get(self.pending))
       if done in self.evals:
-        self.records.append(_record(self.c, self.info, self.d_in, done,
-                                    evaluate(self.state, self.source, self.c),
+        measured = evaluate(self.state, self.source, self.c)
+        measured.update(self.suite_measures())
+        self.records.append(_record(self.c, self.info, self.d_in, done, measured,
                                     float(metrics["dead_fraction"]), self.wall_time()))
       self.ckpt.save(done, self.state, {"records": self.records, "wall_time_s": self.wall_time()})
       self.last_saved = done
     return previous
+
+  def suite_measures(self) -> dict:
+    """The evaluation-suite measures of `train.eval_measures` at this point (flat
+    scalars, e.g. delta_ce), computed by `sae_jax.evaluation` on the held-out text."""
+    t = self.c.train
+    if not t.eval_measures:
+      return {}
+    from sae_jax import evaluation  # loads the LM: only when asked for
+    options = evaluation.Options(max_contexts=t.eval_max_contexts, max_latents=t.eval_max_latents)
+    return evaluation.evaluation_measures(self.c, self.state, self.source,
+                                          tuple(t.eval_measures), options)
 
   def close(self) -> None:
     if self.pending is not None:

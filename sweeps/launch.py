@@ -52,6 +52,8 @@ def run_id(point: dict, resolved: ml_collections.ConfigDict) -> str:
   identity = resolved.to_dict()
   identity.pop("out_dir", None)  # where results go is not what was trained
   identity["data"].pop("cache_dir", None)
+  for key in ("eval_measures", "eval_max_contexts", "eval_max_latents"):
+    identity["train"].pop(key, None)  # what is measured is not what was trained
   digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str)
                           .encode()).hexdigest()[:8]
   return "_".join(parts + [digest]).replace("/", "-")

@@ -189,3 +189,20 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint(tmp_path):
   resumed = train.train(_config(n_devices=1), source, str(tmp_path / "part"), progress=False)
   strip = lambda rs: [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rs]
   assert strip(resumed) == strip(full)
+
+
+def test_evaluation_suite_measures_join_the_records(tmp_path, monkeypatch):
+  """train.eval_measures adds the suite's measures to every evaluation record (the suite
+  itself is tested in evaluation_test.py; here only the wiring)."""
+  from sae_jax import evaluation
+  calls = []
+
+  def fake(cfg, state, cache, measures, options):
+    calls.append((measures, options.max_contexts))
+    return {"delta_ce": 0.5, "kl": 0.25}
+
+  monkeypatch.setattr(evaluation, "evaluation_measures", fake)
+  c = _config(n_devices=1, eval_measures=("downstream",), eval_max_contexts=4)
+  records = train.train(c, _source(), str(tmp_path), progress=False)
+  assert all(r["delta_ce"] == 0.5 and r["kl"] == 0.25 for r in records)
+  assert calls == [(("downstream",), 4)] * len(records)
