@@ -26,9 +26,10 @@ they come from short calibration runs (n_latents 1024, 300 steps, on the first 6
 of the cache), so the L0 of the full runs can be off by a factor of ~2; widen a grid if its
 curve does not cover the range.
 
-Run time on a 2-core laptop CPU: not yet measured end to end; estimated at 1-2 min per SAE
-(2048 latents, 800 steps of 512 tokens) on an otherwise idle machine, i.e. about 45-60 min
-for the 32 SAEs, plus ~30 min of harvesting if the quickstart has not built the cache.
+Run time on a 2-core CPU: harvest ~5 min if the quickstart cache is absent, then
+training ~55 min for the 32 SAEs (1.9e14 FLOPs; extrapolated, not measured: the quickstart's measured training rate, 57 GFLOP/s of
+dense-equivalent compute (README, "How compute is counted") for 8 SAEs in one data pass,
+applied to this sweep's FLOPs).
 
     sae-jax sweep sweeps/architectures.py
     python -m analysis.sparsity_fidelity runs/architectures/results.jsonl

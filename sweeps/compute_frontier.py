@@ -10,9 +10,10 @@ k = 32 with n_latents in {128, ..., 4096} (6 runs), each trained long -- 8 epoch
 3,276,800 tokens -- and evaluated at 24 log-spaced token counts from 1/512 of the budget,
 so every run's loss-vs-compute curve spans the compute range where the others are best.
 
-Run time on a 2-core CPU (an ESTIMATE, not yet measured): harvest ~6 min if the
-quickstart cache is absent, then training ~30 min (3.3M tokens per run at ~30k tokens/s
-for n_latents 128 down to ~5k tokens/s for 4096).
+Run time on a 2-core CPU: harvest ~5 min if the quickstart cache is absent, then
+training ~55 min (1.8e14 FLOPs; extrapolated, not measured: the quickstart's measured training rate, 57 GFLOP/s of
+dense-equivalent compute (README, "How compute is counted") for 8 SAEs in one data pass,
+applied to this sweep's FLOPs).
 
     sae-jax sweep sweeps/compute_frontier.py
     sae-jax fit runs/compute_frontier

@@ -9,9 +9,10 @@ of its activation cache, reused if present). `analysis.optimal.optimal_learning_
 takes the vertex of a parabola in log lr around each n_latents' best lr and fits
 lr*(n) = a n^(-alpha); Gao et al. find alpha = 0.5.
 
-Run time on a 2-core CPU (an ESTIMATE, not yet measured): harvest ~6 min if the
-quickstart cache is absent, then training ~20 min (409,600 tokens per run at ~30k
-tokens/s for n_latents 256 down to ~5k tokens/s for 4096).
+Run time on a 2-core CPU: harvest ~5 min if the quickstart cache is absent, then
+training ~30 min (1.1e14 FLOPs; extrapolated, not measured: the quickstart's measured training rate, 57 GFLOP/s of
+dense-equivalent compute (README, "How compute is counted") for 8 SAEs in one data pass,
+applied to this sweep's FLOPs).
 
     sae-jax sweep sweeps/lr_sweep.py
     sae-jax fit runs/lr_sweep

@@ -10,9 +10,10 @@ with n_latents in {256, ..., 4096} x k in {8, 16, 32, 64} (20 runs), each traine
 judged per run by the rule of `analysis.convergence` (loss drop < 5% over the last
 doubling of tokens); runs that have not converged are listed in fits.json.
 
-Run time on a 2-core CPU (an ESTIMATE, not yet measured): harvest ~6 min if the
-quickstart cache is absent (1,300 tokens/s), then training ~1 hour (1.6M tokens per run at
-~30k tokens/s for n_latents 256 down to ~5k tokens/s for 4096).
+Run time on a 2-core CPU: harvest ~5 min if the quickstart cache is absent, then
+training ~1 h 45 min (3.6e14 FLOPs; extrapolated, not measured: the quickstart's measured training rate, 57 GFLOP/s of
+dense-equivalent compute (README, "How compute is counted") for 8 SAEs in one data pass,
+applied to this sweep's FLOPs).
 
     sae-jax sweep sweeps/nk_grid.py
     sae-jax fit runs/nk_grid                 # or notebooks/03_reproduce_paper_plots.ipynb
