@@ -122,6 +122,9 @@ def write_plots(records: Sequence[Mapping[str, Any]], fits: Mapping[str, Any],
     written += plots.plot_extrapolation(fits["L_C"], stem("extrapolation_L_C"), factor=100.0,
                                         xlabel="training compute (FLOPs)",
                                         title="L(C) on the frontier, extrapolated")
+  if len({r.get("architecture") for r in records}) > 1:  # the zoo: compare on one axis
+    from analysis import sparsity_fidelity
+    written += sparsity_fidelity.plot_sparsity_fidelity(records, stem("sparsity_fidelity"))
   return written
 
 
