@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import time
 from typing import Any, Callable
@@ -226,7 +227,10 @@ def _record(c: ml_collections.ConfigDict, info: dict, d_in: int, step: int, metr
           "final": step == c.train.token_budget // c.train.batch_size,
           "flops": flops.training_flops(d_in, c.sae.n_latents, tokens), **metrics,
           "train_dead_fraction": train_dead_fraction, "wall_time_s": wall_time_s,
-          "lr": c.train.lr, "token_budget": c.train.token_budget, "config": c.to_dict()}
+          "lr": c.train.lr, "token_budget": c.train.token_budget,
+          # as JSON has it (tuples become lists), so a record restored from a checkpoint's
+          # metadata equals the one made in memory
+          "config": json.loads(json.dumps(c.to_dict(), default=str))}
 
 
 class _Run:
