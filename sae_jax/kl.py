@@ -41,7 +41,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from sae_jax import sae, topk
+from sae_jax import relu_l1, sae, topk
 
 Params = sae.Params
 
@@ -52,16 +52,9 @@ init = topk.init  # tied, unit-norm decoder rows, b_enc = 0
 decode = sae.decode
 
 
-def pre_activations(params: Params, x_BxD: jax.Array) -> jax.Array:
-  """W_enc x + b_enc, shape [B, n_latents]."""
-  return x_BxD @ params["W_enc"] + params["b_enc"]
-
-
-def encode(params: Params, x_BxD: jax.Array, extras=None, hp: sae.Hyper | None = None
-           ) -> jax.Array:
-  """z = ReLU(W_enc x + b_enc), shape [B, n_latents]; no extras."""
-  del extras, hp
-  return jax.nn.relu(pre_activations(params, x_BxD))
+# The encoder of Anthropic's ReLU SAE: z = ReLU(W_enc x + b_enc).
+pre_activations = relu_l1.pre_activations
+encode = relu_l1.encode
 
 
 def kl_divergence(rho: float, rho_hat: jax.Array) -> jax.Array:

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from train_test import _source
 
 from sae_jax import (batchtopk, config, data, gated, jumprelu, kl, matryoshka, overrides,
                      relu_l1, relu_l1_unit_norm, sae, train)
@@ -61,16 +62,6 @@ def test_shapes_and_a_finite_loss(name):
   assert float(out.loss) >= float(out.normalized_mse) + float(out.sparsity_loss) - 1e-6
 
 
-def _source(n_train=4096, n_eval=1024, d_in=32, n_features=96, seed=0):
-  rng = np.random.default_rng(seed)
-  dirs = rng.normal(size=(n_features, d_in))
-  dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-
-  def gen(n):
-    acts = (rng.random((n, n_features)) < 0.05) * rng.random((n, n_features)) * 2
-    return (acts @ dirs + 0.3 + 0.01 * rng.normal(size=(n, d_in))).astype(np.float32)
-
-  return data.ArraySource({"train": gen(n_train), "eval": gen(n_eval)})
 
 
 @pytest.mark.parametrize("name", ALL)
