@@ -403,7 +403,7 @@ def _latent_page(j, r_j, v_j, top, tokens_CxS, ef, P, tok, rng, n_quantiles, per
     acts[r_j[sel] % P + ef] = v_j[sel]
     return _context_html(c, p + ef, acts, tokens_CxS, ef, tok, vmax, window, float(v_j[t]))
 
-  parts = [f"<h2>Top activations</h2><div class='top-contexts'>"
+  parts = ["<h2>Top activations</h2><div class='top-contexts'>"
            + "".join(context(t) for t in top) + "</div>"]
   rest = np.setdiff1d(np.arange(len(v_j)), top)
   if len(rest):

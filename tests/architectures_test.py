@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from train_test import _source
 
-from sae_jax import (batchtopk, config, data, gated, jumprelu, kl, matryoshka, overrides,
+from sae_jax import (batchtopk, config, gated, jumprelu, kl, matryoshka, overrides,
                      relu_l1, relu_l1_unit_norm, sae, train)
 
 ALL = ["topk", "batchtopk", "matryoshka_batchtopk", "relu_l1", "relu_l1_unit_norm", "kl",
