@@ -44,7 +44,7 @@ ResultsArg = str | os.PathLike | Sequence[str | os.PathLike] | Sequence[Mapping[
 
 def fit_sweep(results: ResultsArg, out_dir: str | os.PathLike | None = None, *,
               n_bootstrap: int = 200, bootstrap_seed: int = 0, convergence: str = "include",
-              **filters: Any) -> dict[str, Any]:
+              loss_key: str = "normalized_mse", **filters: Any) -> dict[str, Any]:
   """Load a sweep's records (or several sweeps'), fit every scaling law, write fits.json
   and the plots.
 
@@ -56,6 +56,9 @@ def fit_sweep(results: ResultsArg, out_dir: str | os.PathLike | None = None, *,
     bootstrap_seed: the bootstrap seed.
     convergence: "include" unconverged runs in L(N) and Eq. 3 (flagged, with a warning)
       or "exclude" them; see `analysis.convergence`.
+    loss_key: the record field the laws are fitted to: "normalized_mse", or a measure of
+      the evaluation suite such as "delta_ce" (records without it are left out, with a
+      warning). Other keys write fits_<key>.json and plots/<key>/.
     **filters: field=value record filters, as in `analysis.results.load_results`
       (architecture="topk", layer=15, model="smollm2", k=32, ...).
 
@@ -89,26 +92,28 @@ def fit_sweep(results: ResultsArg, out_dir: str | os.PathLike | None = None, *,
       raise ConfigError("fit_sweep was given records, not a results.jsonl path: pass out_dir")
   out_dir = os.fspath(out_dir)
   fits = fit_scaling_laws(records, n_bootstrap=n_bootstrap, seed=bootstrap_seed,
-                          convergence=convergence)
+                          convergence=convergence, loss_key=loss_key)
   if filters:
     fits["filters"] = json.loads(json.dumps(filters, default=str))
-  plot_dir = os.path.join(out_dir, "plots")
-  written = write_plots(records, fits, plot_dir)
+  default = loss_key == "normalized_mse"
+  plot_dir = os.path.join(out_dir, "plots") if default else os.path.join(out_dir, "plots", loss_key)
+  written = write_plots(records, fits, plot_dir, loss_key)
   fits["plots"] = [os.path.relpath(p, out_dir) for p in written]
-  write_json_atomic(fits, os.path.join(out_dir, FITS_FILENAME))
+  name = FITS_FILENAME if default else f"fits_{loss_key}.json"
+  write_json_atomic(fits, os.path.join(out_dir, name))
   return fits
 
 
 def write_plots(records: Sequence[Mapping[str, Any]], fits: Mapping[str, Any],
-                plot_dir: str | os.PathLike) -> list[str]:
+                plot_dir: str | os.PathLike, loss_key: str = "normalized_mse") -> list[str]:
   """Every plot of a fitted table into plot_dir (see `fit_sweep`); returns the paths."""
   stem = lambda name: os.path.join(plot_dir, name)  # noqa: E731
   written = []
-  written += plots.plot_loss_vs_n(records, fits, stem("loss_vs_n_latents"))
-  written += plots.plot_loss_vs_compute(records, fits, stem("loss_vs_compute"))
-  written += plots.plot_loss_vs_tokens(records, stem("loss_vs_tokens"))
-  written += plots.plot_fig1(records, fits, stem("fig1"))
-  written += plots.plot_loss_vs_k(records, fits, stem("loss_vs_k"))
+  written += plots.plot_loss_vs_n(records, fits, stem("loss_vs_n_latents"), loss_key=loss_key)
+  written += plots.plot_loss_vs_compute(records, fits, stem("loss_vs_compute"), loss_key=loss_key)
+  written += plots.plot_loss_vs_tokens(records, stem("loss_vs_tokens"), loss_key=loss_key)
+  written += plots.plot_fig1(records, fits, stem("fig1"), loss_key=loss_key)
+  written += plots.plot_loss_vs_k(records, fits, stem("loss_vs_k"), loss_key=loss_key)
   written += plots.plot_compute_optimal(fits, stem("compute_optimal"))
   written += plots.plot_lr_sweep(fits, stem("lr_sweep"))
   for key, entry in fits.get("L_N", {}).items():
@@ -161,6 +166,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="bootstrap resamples per fit for the 95%% intervals (0: none; "
                            "default 200)")
   parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+  parser.add_argument("--loss", default="normalized_mse", metavar="KEY",
+                      help="record field to fit (default normalized_mse; e.g. delta_ce, kl, "
+                           "probe_loss from train.eval_measures); other keys write "
+                           "fits_KEY.json and plots/KEY/")
   parser.add_argument("--convergence", choices=("include", "exclude"), default="include",
                       help="unconverged runs in L(N) and Eq. 3: include them, flagged "
                            "(default), or exclude them")
@@ -218,7 +227,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   if args.bootstrap < 0:
     raise ConfigError(f"--bootstrap {args.bootstrap} must be >= 0")
   fits = fit_sweep(args.results, args.out, n_bootstrap=args.bootstrap, bootstrap_seed=args.seed,
-                   convergence=args.convergence, **parse_filters(args.filter))
+                   convergence=args.convergence, loss_key=args.loss, **parse_filters(args.filter))
   out = args.out or os.path.dirname(resolve_results_path(args.results[0])) or "."
   print(summary(fits))
   stems = sorted({os.path.splitext(os.path.basename(p))[0] for p in fits["plots"]})

@@ -103,3 +103,20 @@ def test_failed_fit_sweep_keeps_the_old_fits_json(tmp_path, capsys):
   assert capsys.readouterr().err.startswith("error: no records")
   assert (tmp_path / "fits.json").read_text() == old
   assert sorted(os.listdir(tmp_path)) == ["fits.json", "results.jsonl"]
+
+
+def test_fit_any_measure_of_the_records(tmp_path):
+  """`sae-jax fit --loss delta_ce`: the laws fit a suite measure (here a planted
+  ΔCE = 2 n^-0.4) into fits_delta_ce.json and plots/delta_ce/, leaving fits.json alone."""
+  path = tmp_path / "results.jsonl"
+  _write_sweep(path)
+  rows = [json.loads(line) for line in open(path)]
+  for r in rows:
+    r["delta_ce"] = 2.0 * r["n_latents"] ** -0.4 * (1 + 0.1 * r["tokens"] ** -0.5)
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  fits = fit_sweep(str(path), n_bootstrap=0, loss_key="delta_ce")
+  assert not (tmp_path / "fits.json").exists()
+  assert (tmp_path / "fits_delta_ce.json").exists()
+  assert (tmp_path / "plots" / "delta_ce" / "loss_vs_n_latents.png").exists()
+  for key in ("k=16", "k=32"):
+    assert fits["L_N"][key]["power_law"]["params"]["alpha"] == pytest.approx(0.4, rel=0.05)
