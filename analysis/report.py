@@ -231,7 +231,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   out = args.out or os.path.dirname(resolve_results_path(args.results[0])) or "."
   print(summary(fits))
   stems = sorted({os.path.splitext(os.path.basename(p))[0] for p in fits["plots"]})
-  print(f"wrote {os.path.join(out, FITS_FILENAME)} and {os.path.join(out, 'plots')}/"
+  name = FITS_FILENAME if args.loss == "normalized_mse" else f"fits_{args.loss}.json"
+  plot_dir = os.path.join(out, "plots") if args.loss == "normalized_mse" else os.path.join(
+      out, "plots", args.loss)
+  print(f"wrote {os.path.join(out, name)} and {plot_dir}/"
         f"{{{','.join(stems)}}}.{{png,pdf}}")
   return fits
 
