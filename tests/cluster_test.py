@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from sweep_test import _records  # results.jsonl without wall time and out_dir
 
 from sae_jax import activations, cli, lm
 from sweeps import cluster
@@ -70,15 +71,6 @@ def local(sweep, inline):  # after `inline`, so the cache exists and is reused
   out = str(root / "local")
   return out, _sweep_cli(path, "--executor", "local", "--group-size", "2", "--set",
                          f"out_dir={out}")
-
-
-def _records(out):
-  with open(os.path.join(out, "tiny", "results.jsonl")) as f:
-    recs = [json.loads(line) for line in f]
-  for r in recs:
-    r.pop("wall_time_s")
-    r["config"].pop("out_dir")
-  return recs
 
 
 def _no_lm(monkeypatch):
