@@ -29,7 +29,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from sae_jax import sae, topk
+from sae_jax import sae, sparse, topk
 
 Params = sae.Params
 
@@ -121,6 +121,38 @@ def auxk(params: Params, pre_BxN: jax.Array, x_BxD: jax.Array, x_hat_BxD: jax.Ar
                       lambda *_: jnp.zeros((), jnp.float32), params, pre_BxN, e_BxD, dead_N)
 
 
+def sparse_loss(params: Params, x_BxD: jax.Array, extras: dict, hp: sae.Hyper, *,
+                variance: jax.Array | float = 1.0, dead_N: jax.Array | None = None
+                ) -> sae.Output:
+  """`loss` computed sparsely, as `topk.sparse_loss` (same value and gradients): the k·B
+  kept (token, latent) pairs become one code of k·B entries (`sparse.batch_select`), and
+  after the encoder matmul only those are touched. Uses hp.sparse_impl and
+  hp.compute_dtype. Raises ValueError if k exceeds n_latents."""
+  B, n_latents = x_BxD.shape[0], params["W_enc"].shape[1]
+  if hp.k > n_latents:
+    raise ValueError(f"k={hp.k} exceeds n_latents={n_latents}")
+  impl = hp.sparse_impl
+  pre_BxN = jax.lax.stop_gradient(sparse.encoder_matmul(params, x_BxD, hp.compute_dtype))
+  cut = kth_largest(jax.nn.relu(pre_BxN), hp.k * B)
+  row_E, idx_E, vals_E = sparse.batch_select(pre_BxN, cut, hp.k * B, impl)
+  pre_E = sparse.select(params["W_enc"], params["b_enc"], params["b_pre"], x_BxD, row_E, idx_E,
+                        vals_E, impl)
+  x_hat_BxD = sparse.decode(params["W_dec"], row_E, idx_E, pre_E, B, impl) + params["b_pre"]
+  nmse = sae.normalized_mse(x_BxD, x_hat_BxD, variance)
+  aux = jnp.zeros((), jnp.float32)
+  if dead_N is not None and hp.k_aux > 0:
+    e_BxD = jax.lax.stop_gradient(x_BxD - x_hat_BxD)
+    k_aux = min(hp.k_aux, n_latents)
+    aux = jax.lax.cond(jnp.any(dead_N), lambda *a: topk.sparse_auxk(*a, k_aux, impl),
+                       lambda *_: jnp.zeros((), jnp.float32), params, pre_BxN, x_BxD, e_BxD, dead_N)
+  active_E = vals_E > 0
+  fired_N = jnp.zeros((n_latents,), jnp.int32).at[idx_E].max(active_E.astype(jnp.int32)) > 0
+  l0 = jnp.sum(active_E).astype(jnp.float32) / B
+  threshold = update_threshold(extras["threshold"], vals_E, hp.threshold_momentum)
+  return sae.Output(nmse + hp.aux_coef * aux, nmse, jnp.zeros((), jnp.float32), aux, fired_N, l0,
+                    {"threshold": threshold})
+
+
 def loss(params: Params, x_BxD: jax.Array, extras: dict, hp: sae.Hyper, *,
          variance: jax.Array | float = 1.0, dead_N: jax.Array | None = None) -> sae.Output:
   """BatchTopK training loss (Bussmann et al. 2024, Sec. 3): normalized MSE of the batch
@@ -141,6 +173,8 @@ def loss(params: Params, x_BxD: jax.Array, extras: dict, hp: sae.Hyper, *,
   Raises:
     ValueError: k exceeds n_latents.
   """
+  if hp.sparse_impl is not None:
+    return sparse_loss(params, x_BxD, extras, hp, variance=variance, dead_N=dead_N)
   pre_BxN = pre_activations(params, x_BxD)
   z_BxN = batch_topk(pre_BxN, hp.k)
   x_hat_BxD = decode(params, z_BxN)
@@ -155,4 +189,5 @@ def loss(params: Params, x_BxD: jax.Array, extras: dict, hp: sae.Hyper, *,
 ARCH = sae.Architecture(
     name="batchtopk", knob="k", default_knob=32, unit_norm_decoder=True, init=init,
     init_extras=init_extras, encode=encode, decode=decode, loss=loss,
-    paper="Bussmann et al. 2024, BatchTopK sparse autoencoders", input_norm="unit_norm")
+    paper="Bussmann et al. 2024, BatchTopK sparse autoencoders", input_norm="unit_norm",
+    sparse_step=True)

@@ -101,6 +101,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.eval_max_contexts = 32
   c.train.eval_max_latents = 32
   c.train.model_parallel = 1  # size of the mesh's `model` axis: latent shards
+  # The TopK family's train step: "sparse" (`sae_jax.sparse`: after the encoder matmul,
+  # only the k selected latents per token are touched; C++ kernels on one CPU device) or
+  # "dense" (plain autodiff, the reference). Same results within float tolerance, so it is
+  # not part of a run's identity.
+  c.train.topk_step = "sparse"
+  # Input dtype of the sparse step's encoder matmul: "float32" or "bfloat16" (float32
+  # accumulation and master parameters; for GPUs and TPUs -- CPUs gain nothing).
+  c.train.compute_dtype = "float32"
   return c
 
 
@@ -186,6 +194,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
   need(t.k_aux is None or 0 < t.k_aux <= s.n_latents,
        f"train.k_aux={t.k_aux} must be in [1, n_latents={s.n_latents}]")
   need(t.dead_tokens > 0, f"train.dead_tokens={t.dead_tokens} must be positive")
+  need(t.topk_step in ("sparse", "dense"),
+       f"train.topk_step={t.topk_step!r} must be 'sparse' or 'dense'")
+  need(t.compute_dtype in ("float32", "bfloat16"),
+       f"train.compute_dtype={t.compute_dtype!r} must be 'float32' or 'bfloat16'")
+  need(t.compute_dtype == "float32" or (sae.get(s.architecture).sparse_step
+                                       and t.topk_step == "sparse"),
+       f"train.compute_dtype={t.compute_dtype!r} needs the sparse step of a TopK-family "
+       f"architecture (train.topk_step='sparse'); use float32 for {s.architecture!r}")
   need(t.n_eval_points >= 1, f"train.n_eval_points={t.n_eval_points} must be at least 1")
   need(0 < t.first_eval_fraction <= 1,
        f"train.first_eval_fraction={t.first_eval_fraction} must be in (0, 1]")

@@ -43,6 +43,10 @@ class Hyper:
   target_activation: float = 1e-3  # KL-sparsity target rho
   prefixes: tuple[int, ...] = ()  # Matryoshka nested dictionary sizes (ascending, last = n_latents)
   threshold_momentum: float = 0.99  # BatchTopK: EMA of the inference threshold
+  # TopK family: None trains with the dense autodiff step (the reference); "xla" or
+  # "cpu_kernels" with the sparse step of `sae_jax.sparse` (same results, less work).
+  sparse_impl: str | None = None
+  compute_dtype: str = "float32"  # sparse step: dtype of the encoder matmul's inputs
 
 
 class Output(NamedTuple):
@@ -70,6 +74,9 @@ class Architecture(NamedTuple):
   # The input normalisation its paper uses (a `sae.input_norm` value). Documentation for
   # sweeps, which set sae.input_norm from it; `config.resolve` does not apply it.
   input_norm: str = "unit_norm"
+  # Whether its loss has the sparse form of `sae_jax.sparse` (used when Hyper.sparse_impl
+  # is set, i.e. train.topk_step = "sparse").
+  sparse_step: bool = False
 
 
 # name -> module defining ARCH; imported on first use.

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from sae_jax import sae, sharding
+from sae_jax import sae, sharding, sparse
 
 Params = sae.Params
 
@@ -141,6 +141,74 @@ def loss(params: Params, x_BxD: jax.Array, *, k: int, variance: jax.Array | floa
                     l0, {})
 
 
+def sparse_auxk(params: Params, pre_BxN: jax.Array, x_BxD: jax.Array, e_BxD: jax.Array,
+                dead_N: jax.Array, k_aux: int, impl: str, bias_N: jax.Array | None = None
+                ) -> jax.Array:
+  """`_auxk_loss` with the sparse ops: the top-k_aux dead pre-activations (others masked to
+  -inf, so ReLU zeroes them) decoded by gathering k_aux decoder rows per token. pre_BxN
+  (+ bias_N, when given: b_enc not yet added) is a constant here; gradients reach the
+  encoder through `sparse.select`."""
+  B = x_BxD.shape[0]
+  bias_N = jnp.zeros_like(dead_N, jnp.float32) if bias_N is None else bias_N
+  vals_BxK, idx_BxK = sparse.top_k(pre_BxN, k_aux, impl, jnp.where(dead_N, bias_N, -jnp.inf))
+  row_E, idx_E = sparse.rows_of(B, k_aux), idx_BxK.reshape(-1)
+  pre_E = sparse.select(params["W_enc"], params["b_enc"], params["b_pre"], x_BxD, row_E, idx_E,
+                        vals_BxK.reshape(-1), impl)
+  e_hat_BxD = sparse.decode(params["W_dec"], row_E, idx_E, pre_E, B, impl)
+  return jnp.sum((e_BxD - e_hat_BxD) ** 2) / jnp.maximum(jnp.sum(e_BxD**2), 1e-30)
+
+
+def sparse_loss(params: Params, x_BxD: jax.Array, *, k: int, variance: jax.Array | float = 1.0,
+                dead_N: jax.Array | None = None, k_aux: int = 0, aux_coef: float = 1 / 32,
+                multi_topk: bool = False, impl: str = "xla", compute_dtype: str = "float32"
+                ) -> sae.Output:
+  """`loss` computed sparsely (as Gao et al. 2024's kernels do): the same value and gradients, but
+  after the encoder matmul only the k selected latents per token are touched -- the
+  decoder gathers k rows, the decoder gradient is a scatter-add of k rows per token, the
+  encoder gradient covers only the selected (token, latent) pairs (`sae_jax.sparse`).
+
+  Extra args: impl, "xla" or "cpu_kernels" (`sparse.impl_for`); compute_dtype, the encoder
+  matmul's input dtype ("float32" or "bfloat16", float32 accumulation). Raises ValueError
+  if k exceeds n_latents.
+  """
+  B, n_latents = x_BxD.shape[0], params["W_enc"].shape[1]
+  if k > n_latents:
+    raise ValueError(f"k={k} exceeds n_latents={n_latents}")
+  # W_enc (x - b_pre), without b_enc: the top-k adds it as it reads (never written).
+  pre_BxN = jax.lax.stop_gradient(sparse.encoder_matmul(params, x_BxD, compute_dtype, bias=False))
+  b_enc = jax.lax.stop_gradient(params["b_enc"])
+  k_all = min(4 * k, n_latents) if multi_topk else k
+  vals_BxK, idx_BxK = sparse.top_k(pre_BxN, k_all, impl, b_enc)
+  pre_E = sparse.select(params["W_enc"], params["b_enc"], params["b_pre"], x_BxD,
+                        sparse.rows_of(B, k_all), idx_BxK.reshape(-1), vals_BxK.reshape(-1), impl)
+  pre_BxK = pre_E.reshape(B, k_all)
+
+  def reconstruct(kk):
+    return sparse.decode(params["W_dec"], sparse.rows_of(B, kk), idx_BxK[:, :kk].reshape(-1),
+                         pre_BxK[:, :kk].reshape(-1), B, impl) + params["b_pre"]
+
+  x_hat_BxD = reconstruct(k)
+  nmse = sae.normalized_mse(x_BxD, x_hat_BxD, variance)
+  objective = nmse
+  if multi_topk:
+    objective = objective + sae.normalized_mse(x_BxD, reconstruct(k_all), variance) / 8
+
+  aux = jnp.zeros((), jnp.float32)
+  if dead_N is not None and k_aux > 0:
+    e_BxD = jax.lax.stop_gradient(x_BxD - x_hat_BxD)
+    k_aux = min(k_aux, n_latents)
+    aux = jax.lax.cond(jnp.any(dead_N),
+                       lambda *a: sparse_auxk(*a, k_aux, impl, b_enc),
+                       lambda *_: jnp.zeros((), jnp.float32), params, pre_BxN, x_BxD, e_BxD, dead_N)
+
+  active_BxK = vals_BxK[:, :k] > 0
+  fired_N = jnp.zeros((n_latents,), jnp.int32).at[idx_BxK[:, :k]].max(
+      active_BxK.astype(jnp.int32)) > 0
+  l0 = jnp.mean(jnp.sum(active_BxK, axis=-1).astype(jnp.float32))
+  return sae.Output(objective + aux_coef * aux, nmse, jnp.zeros((), jnp.float32), aux, fired_N,
+                    l0, {})
+
+
 def _encode(params: Params, x_BxD: jax.Array, extras, hp: sae.Hyper) -> jax.Array:
   del extras
   return encode(params, x_BxD, hp.k)
@@ -149,11 +217,14 @@ def _encode(params: Params, x_BxD: jax.Array, extras, hp: sae.Hyper) -> jax.Arra
 def _loss(params: Params, x_BxD: jax.Array, extras, hp: sae.Hyper, *, variance, dead_N
           ) -> sae.Output:
   del extras
-  return loss(params, x_BxD, k=hp.k, variance=variance, dead_N=dead_N, k_aux=hp.k_aux,
-              aux_coef=hp.aux_coef, multi_topk=hp.multi_topk)
+  kw = dict(k=hp.k, variance=variance, dead_N=dead_N, k_aux=hp.k_aux, aux_coef=hp.aux_coef,
+            multi_topk=hp.multi_topk)
+  if hp.sparse_impl is None:
+    return loss(params, x_BxD, **kw)
+  return sparse_loss(params, x_BxD, impl=hp.sparse_impl, compute_dtype=hp.compute_dtype, **kw)
 
 
 ARCH = sae.Architecture(
     name="topk", knob="k", default_knob=32, unit_norm_decoder=True, init=init,
     init_extras=sae.no_extras, encode=_encode, decode=decode, loss=_loss,
-    paper="Gao et al. 2024, Scaling and evaluating sparse autoencoders")
+    paper="Gao et al. 2024, Scaling and evaluating sparse autoencoders", sparse_step=True)

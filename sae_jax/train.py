@@ -27,7 +27,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
-from sae_jax import checkpoint, config as config_lib, data, distributed, flops, optimizer, sae, sharding
+from sae_jax import (checkpoint, config as config_lib, data, distributed, flops, host_memory,
+                     optimizer, sae, sharding, sparse)
 from sae_jax.geometric_median import geometric_median
 
 
@@ -68,13 +69,16 @@ class StepConfig:
 
 def hyper(c: ml_collections.ConfigDict) -> sae.Hyper:
   """The architecture hyperparameters of a resolved config."""
-  s = c.sae
+  s, t = c.sae, c.train
   prefixes = tuple(int(p) for p in s.prefixes) if s.prefixes else ()
+  sparse_step = t.get("topk_step") == "sparse" and sae.get(s.architecture).sparse_step
   return sae.Hyper(n_latents=s.n_latents, k=s.k, sparsity_coefficient=s.sparsity_coefficient,
                    k_aux=c.train.k_aux or 0, aux_coef=c.train.aux_coef, multi_topk=s.multi_topk,
                    bandwidth=s.bandwidth, initial_threshold=s.initial_threshold,
                    target_activation=s.target_activation, prefixes=prefixes,
-                   threshold_momentum=s.threshold_momentum)
+                   threshold_momentum=s.threshold_momentum,
+                   sparse_impl="xla" if sparse_step else None,
+                   compute_dtype=t.get("compute_dtype", "float32"))
 
 
 def train_step(state: TrainState, x_BxD: jax.Array, *, sc: StepConfig,
@@ -118,6 +122,10 @@ def make_train_step(mesh: Mesh, sc: StepConfig, opt: optax.GradientTransformatio
   runs exactly across latent shards (`sharding.top_k`)."""
   replicated = NamedSharding(mesh, P())
   state_sharding = replicated if state_sharding is None else state_sharding
+  if mesh.devices.ravel()[0].platform == "cpu":
+    host_memory.retain_freed_memory()  # no page faults on every step's temporaries
+  if sc.hp.sparse_impl is not None:  # the C++ kernels on one CPU device, else XLA ops
+    sc = dataclasses.replace(sc, hp=dataclasses.replace(sc.hp, sparse_impl=sparse.impl_for(mesh)))
   return jax.jit(functools.partial(train_step, sc=sc, opt=opt),
                  in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
                  out_shardings=(state_sharding, replicated), donate_argnums=0)

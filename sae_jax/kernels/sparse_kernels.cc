@@ -1,0 +1,363 @@
+// CPU kernels of the sparse TopK train step, as XLA FFI custom calls (float32, int32).
+//
+// A code is a list of E entries (row[e], idx[e], coef[e]) sorted by row: entry e says
+// that latent idx[e] has coefficient coef[e] on token row[e]. A TopK code of B tokens and k
+// latents per token is E = B*k entries with row[e] = e / k. Matrices are row-major.
+//
+//   sae_topk          pre[B,N], bias[N]        -> vals[B,K], idx[B,K]: the K largest of
+//                     pre + bias per row, descending
+//   sae_decode        W[N,D], row, idx, pre[E] -> out[B,D] = sum_e relu(pre_e) W[idx_e]
+//   sae_gather_dot    W[N,D], row, idx, g[B,D] -> out[E]   = W[idx_e] . g[row_e]
+//   sae_scatter_rows  row, idx, coef[E], g[B,D] -> out[N,D]: out[j] = sum_{idx_e=j} coef_e g[row_e]
+//   sae_scatter_cols  the same, written transposed: out[D,N]
+//   sae_batch_select  pre[B,N], cut[]           -> row[E], idx[E], vals[E]: the entries with
+//                     pre >= cut and pre > 0 in row-major order, the first E of them; the
+//                     rest padded with (B-1, 0, 0.0)   (BatchTopK's code)
+//
+// Work is split over XLA's intra-op thread pool; the calling thread takes chunks too, so
+// the result never waits on a pool thread that is busy elsewhere.
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// Runs fn(chunk) for chunk in [0, n_chunks) on the calling thread and the pool.
+void ParallelFor(ffi::ThreadPool& pool, int64_t n_chunks, std::function<void(int64_t)> fn) {
+  if (n_chunks <= 0) return;
+  struct State {
+    std::function<void(int64_t)> fn;
+    int64_t n_chunks;
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+    std::mutex mu;
+    std::condition_variable cv;
+  };
+  auto state = std::make_shared<State>();
+  state->fn = std::move(fn);
+  state->n_chunks = n_chunks;
+  auto work = [](const std::shared_ptr<State>& s) {
+    for (int64_t c; (c = s->next.fetch_add(1)) < s->n_chunks;) {
+      s->fn(c);
+      if (s->done.fetch_add(1) + 1 == s->n_chunks) {
+        std::lock_guard<std::mutex> lock(s->mu);
+        s->cv.notify_all();
+      }
+    }
+  };
+  int64_t helpers = std::min<int64_t>(pool.num_threads(), n_chunks - 1);
+  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([state, work]() { work(state); });
+  work(state);
+  std::unique_lock<std::mutex> lock(state->mu);
+  state->cv.wait(lock, [&] { return state->done.load() == state->n_chunks; });
+}
+
+int64_t Chunks(ffi::ThreadPool& pool, int64_t items, int64_t min_items_per_chunk) {
+  int64_t threads = std::max<int64_t>(1, pool.num_threads() + 1);
+  return std::max<int64_t>(1, std::min(threads * 4, items / std::max<int64_t>(1, min_items_per_chunk)));
+}
+
+// Top-K of one row of pre + bias, descending; ties keep the lower index first (as
+// lax.top_k). A NaN in the row makes vals[0] NaN so that the loss, and the trainer's
+// divergence check, see it. (The bias is added here so that pre + b_enc, a [B, N] array,
+// is never written; a bias of -inf masks a latent out, as AuxK needs.)
+void TopKRow(const float* x, const float* bias, int64_t n, int64_t k, float* vals, int32_t* idx) {
+  int64_t filled = 0;
+  auto insert = [&](float v, int32_t j) {
+    int64_t p = filled < k ? filled : k - 1;  // drop the last when full
+    while (p > 0 && vals[p - 1] < v) {
+      vals[p] = vals[p - 1];
+      idx[p] = idx[p - 1];
+      --p;
+    }
+    vals[p] = v;
+    idx[p] = j;
+    if (filled < k) ++filled;
+  };
+  bool nan = false;
+  int64_t j = 0;
+  for (; j < n && filled < k; ++j) {
+    float v = x[j] + bias[j];
+    nan |= std::isnan(v);
+    insert(v, static_cast<int32_t>(j));
+  }
+  float thr = vals[k - 1];
+  constexpr int64_t kLanes = 16;
+  float v[kLanes];
+  for (; j + kLanes <= n; j += kLanes) {
+    bool any = false, any_nan = false;
+    for (int64_t l = 0; l < kLanes; ++l) {
+      v[l] = x[j + l] + bias[j + l];
+      any |= v[l] > thr;
+      any_nan |= v[l] != v[l];
+    }
+    nan |= any_nan;
+    if (!any) continue;
+    for (int64_t l = 0; l < kLanes; ++l) {
+      if (v[l] > thr) {
+        insert(v[l], static_cast<int32_t>(j + l));
+        thr = vals[k - 1];
+      }
+    }
+  }
+  for (; j < n; ++j) {
+    float w = x[j] + bias[j];
+    nan |= std::isnan(w);
+    if (w > thr) {
+      insert(w, static_cast<int32_t>(j));
+      thr = vals[k - 1];
+    }
+  }
+  if (nan) vals[0] = std::nanf("");
+}
+
+ffi::Error TopKImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> pre, ffi::Buffer<ffi::F32> bias,
+                    ffi::ResultBuffer<ffi::F32> vals, ffi::ResultBuffer<ffi::S32> idx) {
+  auto dims = pre.dimensions();
+  if (dims.size() != 2) return ffi::Error::InvalidArgument("sae_topk: pre must be [B, N]");
+  int64_t B = dims[0], N = dims[1];
+  int64_t K = vals->dimensions()[1];
+  if (K < 1 || K > N) return ffi::Error::InvalidArgument("sae_topk: need 1 <= K <= N");
+  if (bias.element_count() != N) return ffi::Error::InvalidArgument("sae_topk: bias must be [N]");
+  const float* x = pre.typed_data();
+  const float* bs = bias.typed_data();
+  float* v = vals->typed_data();
+  int32_t* ix = idx->typed_data();
+  int64_t chunks = Chunks(pool, B, 16);
+  ParallelFor(pool, chunks, [&](int64_t c) {
+    for (int64_t b = B * c / chunks; b < B * (c + 1) / chunks; ++b)
+      TopKRow(x + b * N, bs, N, K, v + b * K, ix + b * K);
+  });
+  return ffi::Error::Success();
+}
+
+// Entry range [lo, hi) of chunk c, moved to row boundaries so chunks own disjoint rows.
+void RowAlignedRange(const int32_t* row, int64_t E, int64_t chunks, int64_t c, int64_t* lo,
+                     int64_t* hi) {
+  auto align = [&](int64_t e) {
+    if (e <= 0) return int64_t{0};
+    if (e >= E) return E;
+    while (e < E && row[e] == row[e - 1]) ++e;
+    return e;
+  };
+  *lo = align(E * c / chunks);
+  *hi = align(E * (c + 1) / chunks);
+}
+
+ffi::Error DecodeImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> W, ffi::Buffer<ffi::S32> row,
+                      ffi::Buffer<ffi::S32> idx, ffi::Buffer<ffi::F32> pre,
+                      ffi::ResultBuffer<ffi::F32> out) {
+  int64_t D = W.dimensions()[1], E = idx.element_count();
+  int64_t B = out->dimensions()[0];
+  const float* w = W.typed_data();
+  const int32_t* r = row.typed_data();
+  const int32_t* ix = idx.typed_data();
+  const float* p = pre.typed_data();
+  float* o = out->typed_data();
+  std::memset(o, 0, sizeof(float) * B * D);
+  int64_t chunks = Chunks(pool, E, 512);
+  ParallelFor(pool, chunks, [&](int64_t c) {
+    int64_t lo, hi;
+    RowAlignedRange(r, E, chunks, c, &lo, &hi);
+    for (int64_t e = lo; e < hi; ++e) {
+      float a = p[e];
+      if (!(a > 0.0f) && !std::isnan(a)) continue;  // ReLU; a NaN propagates
+      const float* wr = w + static_cast<int64_t>(ix[e]) * D;
+      float* orow = o + static_cast<int64_t>(r[e]) * D;
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) orow[d] += a * wr[d];
+    }
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error GatherDotImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> W, ffi::Buffer<ffi::S32> row,
+                         ffi::Buffer<ffi::S32> idx, ffi::Buffer<ffi::F32> g,
+                         ffi::ResultBuffer<ffi::F32> out) {
+  int64_t D = W.dimensions()[1], E = idx.element_count();
+  const float* w = W.typed_data();
+  const int32_t* r = row.typed_data();
+  const int32_t* ix = idx.typed_data();
+  const float* gg = g.typed_data();
+  float* o = out->typed_data();
+  int64_t chunks = Chunks(pool, E, 512);
+  ParallelFor(pool, chunks, [&](int64_t c) {
+    for (int64_t e = E * c / chunks; e < E * (c + 1) / chunks; ++e) {
+      const float* wr = w + static_cast<int64_t>(ix[e]) * D;
+      const float* gr = gg + static_cast<int64_t>(r[e]) * D;
+      float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+      for (int64_t d = 0; d < D; ++d) s += wr[d] * gr[d];
+      o[e] = s;
+    }
+  });
+  return ffi::Error::Success();
+}
+
+// out[j] = sum over entries e with idx[e] = j of coef[e] * g[row[e]], j in [0, N): the
+// entries are bucketed by latent (a counting sort), then each latent's row is summed in a
+// local buffer and written once. transposed: out is [D, N] and latents are written in
+// blocks of 16 adjacent columns (one cache line per output row).
+ffi::Error ScatterImpl(ffi::ThreadPool& pool, const int32_t* r, const int32_t* ix, const float* coef,
+                       int64_t E, const float* g, int64_t D, int64_t N, float* o, bool transposed) {
+  std::vector<int64_t> start(N + 1, 0);
+  for (int64_t e = 0; e < E; ++e) {
+    int32_t j = ix[e];
+    if (j < 0 || j >= N) return ffi::Error::InvalidArgument("sae_scatter: index out of range");
+    ++start[j + 1];
+  }
+  for (int64_t j = 0; j < N; ++j) start[j + 1] += start[j];
+  std::vector<int64_t> order(E);
+  {
+    std::vector<int64_t> fill(start.begin(), start.end() - 1);
+    for (int64_t e = 0; e < E; ++e) order[fill[ix[e]]++] = e;
+  }
+  constexpr int64_t kBlock = 16;
+  int64_t n_blocks = (N + kBlock - 1) / kBlock;
+  int64_t chunks = Chunks(pool, n_blocks, 4);
+  ParallelFor(pool, chunks, [&](int64_t c) {
+    std::vector<float> acc(kBlock * D);
+    for (int64_t blk = n_blocks * c / chunks; blk < n_blocks * (c + 1) / chunks; ++blk) {
+      int64_t j0 = blk * kBlock, j1 = std::min(N, j0 + kBlock);
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t j = j0; j < j1; ++j) {
+        float* a = acc.data() + (j - j0) * D;
+        for (int64_t q = start[j]; q < start[j + 1]; ++q) {
+          int64_t e = order[q];
+          float cf = coef[e];
+          if (cf == 0.0f) continue;
+          const float* gr = g + static_cast<int64_t>(r[e]) * D;
+#pragma omp simd
+          for (int64_t d = 0; d < D; ++d) a[d] += cf * gr[d];
+        }
+      }
+      if (!transposed) {
+        std::memcpy(o + j0 * D, acc.data(), sizeof(float) * (j1 - j0) * D);
+      } else {
+        for (int64_t d = 0; d < D; ++d)
+          for (int64_t j = j0; j < j1; ++j) o[d * N + j] = acc[(j - j0) * D + d];
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error ScatterRowsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> row, ffi::Buffer<ffi::S32> idx,
+                           ffi::Buffer<ffi::F32> coef, ffi::Buffer<ffi::F32> g,
+                           ffi::ResultBuffer<ffi::F32> out) {
+  return ScatterImpl(pool, row.typed_data(), idx.typed_data(), coef.typed_data(),
+                     idx.element_count(), g.typed_data(), g.dimensions()[1],
+                     out->dimensions()[0], out->typed_data(), false);
+}
+
+ffi::Error ScatterColsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> row, ffi::Buffer<ffi::S32> idx,
+                           ffi::Buffer<ffi::F32> coef, ffi::Buffer<ffi::F32> g,
+                           ffi::ResultBuffer<ffi::F32> out) {
+  return ScatterImpl(pool, row.typed_data(), idx.typed_data(), coef.typed_data(),
+                     idx.element_count(), g.typed_data(), g.dimensions()[1],
+                     out->dimensions()[1], out->typed_data(), true);
+}
+
+ffi::Error BatchSelectImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> pre, ffi::Buffer<ffi::F32> cut,
+                           ffi::ResultBuffer<ffi::S32> row, ffi::ResultBuffer<ffi::S32> idx,
+                           ffi::ResultBuffer<ffi::F32> vals) {
+  int64_t B = pre.dimensions()[0], N = pre.dimensions()[1], E = idx->element_count();
+  const float* x = pre.typed_data();
+  float c = cut.typed_data()[0];
+  int32_t* r = row->typed_data();
+  int32_t* ix = idx->typed_data();
+  float* v = vals->typed_data();
+  auto keep = [c](float a) { return a >= c && a > 0.0f; };
+  int64_t chunks = Chunks(pool, B, 16);
+  std::vector<int64_t> count(chunks + 1, 0);
+  ParallelFor(pool, chunks, [&](int64_t ch) {
+    int64_t n = 0;
+    for (int64_t i = N * (B * ch / chunks); i < N * (B * (ch + 1) / chunks); ++i) n += keep(x[i]);
+    count[ch + 1] = n;
+  });
+  for (int64_t ch = 0; ch < chunks; ++ch) count[ch + 1] += count[ch];
+  ParallelFor(pool, chunks, [&](int64_t ch) {
+    int64_t out = count[ch];
+    for (int64_t b = B * ch / chunks; b < B * (ch + 1) / chunks && out < E; ++b)
+      for (int64_t j = 0; j < N && out < E; ++j)
+        if (keep(x[b * N + j])) {
+          r[out] = static_cast<int32_t>(b);
+          ix[out] = static_cast<int32_t>(j);
+          v[out] = x[b * N + j];
+          ++out;
+        }
+  });
+  for (int64_t e = std::min(count[chunks], E); e < E; ++e) {
+    r[e] = static_cast<int32_t>(B - 1);
+    ix[e] = 0;
+    v[e] = 0.0f;
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SaeTopK, TopKImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SaeDecode, DecodeImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SaeGatherDot, GatherDotImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SaeScatterRows, ScatterRowsImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SaeScatterCols, ScatterColsImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SaeBatchSelect, BatchSelectImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());

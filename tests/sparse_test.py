@@ -1,0 +1,235 @@
+"""The sparse TopK step (`sae_jax.sparse`): every op in both implementations equals a float64
+numpy reference, and the sparse loss, gradients and train steps equal the dense autodiff
+reference, AuxK and Multi-TopK included."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from train_test import _config, _source
+
+from sae_jax import batchtopk, config, data, optimizer, sae, sparse, topk, train
+
+IMPLS = ["xla", "cpu_kernels"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _kernels_build():
+  assert sparse.kernels_available(), "g++ and the JAX FFI headers build the CPU kernels"
+
+
+def _code(rng, B, N, K, D):
+  pre = rng.normal(size=(B, N)).astype(np.float32)
+  vals, idx = jax.lax.top_k(pre, K)
+  return (np.asarray(sparse.rows_of(B, K)), np.asarray(idx).reshape(-1),
+          np.asarray(vals).reshape(-1), rng.normal(size=(N, D)).astype(np.float32))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_top_k_equals_lax_top_k_with_ties_and_masked_rows(impl):
+  rng = np.random.default_rng(0)
+  pre = rng.normal(size=(50, 333)).astype(np.float32)
+  pre[3] = 1.0  # a row of ties: the lowest indices win, as in lax.top_k
+  pre[4, ::2] = -np.inf  # AuxK masks live latents to -inf
+  pre[5] = -np.inf
+  pre[6, 100:140] = pre[6, 7]  # ties across the cut
+  bias = rng.normal(size=333).astype(np.float32)
+  bias[::3] = -np.inf  # AuxK's mask of live latents
+  for b in (None, bias):
+    for k in (1, 7, 40, 333):
+      v, i = sparse.top_k(jnp.asarray(pre), k, impl, None if b is None else jnp.asarray(b))
+      v_ref, i_ref = jax.lax.top_k(pre if b is None else pre + b, k)
+      np.testing.assert_array_equal(v, v_ref)
+      np.testing.assert_array_equal(i, i_ref)
+
+
+def test_top_k_kernel_flags_a_nan_row():
+  pre = np.random.default_rng(1).normal(size=(4, 100)).astype(np.float32)
+  pre[2, 57] = np.nan
+  v, _ = sparse.top_k(jnp.asarray(pre), 5, "cpu_kernels")
+  assert np.isnan(v[2, 0]) and np.all(np.isfinite(np.delete(np.asarray(v), 2, axis=0)))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_decode_and_its_vjp_equal_float64_numpy(impl):
+  rng = np.random.default_rng(2)
+  B, N, K, D = 19, 70, 6, 12
+  row, idx, pre, W = _code(rng, B, N, K, D)
+  g = rng.normal(size=(B, D)).astype(np.float32)
+  out, vjp = jax.vjp(lambda W, p: sparse.decode(W, row, idx, p, B, impl), W, pre)
+  dW, dpre = vjp(g)
+  acts = np.maximum(pre.astype(np.float64), 0)
+  ref = np.zeros((B, D))
+  np.add.at(ref, row, acts[:, None] * W[idx])
+  dW_ref = np.zeros((N, D))
+  np.add.at(dW_ref, idx, acts[:, None] * g[row])
+  dpre_ref = (pre > 0) * np.sum(W[idx].astype(np.float64) * g[row], axis=1)
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dW, dW_ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dpre, dpre_ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_select_vjp_equals_the_encoder_gradient_on_the_selected_pairs(impl):
+  rng = np.random.default_rng(3)
+  B, N, K, D = 23, 50, 5, 9
+  W_enc = rng.normal(size=(D, N)).astype(np.float32)
+  b_enc, b_pre = rng.normal(size=N).astype(np.float32), rng.normal(size=D).astype(np.float32)
+  x = rng.normal(size=(B, D)).astype(np.float32)
+  pre = (x - b_pre) @ W_enc + b_enc
+  vals, idx = jax.lax.top_k(pre, K)
+  row, idx_E = sparse.rows_of(B, K), idx.reshape(-1)
+  g = rng.normal(size=B * K).astype(np.float32)
+
+  def sparse_f(W_enc, b_enc, b_pre, x):
+    return jnp.vdot(g, sparse.select(W_enc, b_enc, b_pre, x, row, idx_E, vals.reshape(-1), impl))
+
+  def dense_f(W_enc, b_enc, b_pre, x):
+    p = (x - b_pre) @ W_enc + b_enc
+    return jnp.vdot(g, jnp.take_along_axis(p, idx, axis=1).reshape(-1))
+
+  got = jax.grad(sparse_f, argnums=(0, 1, 2, 3))(W_enc, b_enc, b_pre, x)
+  want = jax.grad(dense_f, argnums=(0, 1, 2, 3))(W_enc, b_enc, b_pre, x)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_batch_select_is_the_dense_batch_topk_code(impl):
+  rng = np.random.default_rng(4)
+  B, N, k = 30, 80, 5
+  pre = jnp.asarray(rng.normal(size=(B, N)).astype(np.float32))
+  z = np.asarray(batchtopk.batch_topk(pre, k))
+  cut = batchtopk.kth_largest(jax.nn.relu(pre), k * B)
+  row, idx, vals = map(np.asarray, sparse.batch_select(pre, cut, k * B, impl))
+  dense = np.zeros((B, N), np.float32)
+  dense[row, idx] = vals
+  np.testing.assert_array_equal(dense, z)
+  assert np.all(np.diff(row) >= 0)  # sorted by token, as decode needs
+  # fewer positive entries than k·B: padded with zeros on the last row
+  row, idx, vals = map(np.asarray, sparse.batch_select((-jnp.abs(pre)).at[0, :3].set(1.0), 0.0,
+                                                      k * B, impl))
+  assert list(idx[:3]) == [0, 1, 2] and np.all(vals[3:] == 0) and np.all(row[3:] == B - 1)
+
+
+def _topk_problem(seed=0, B=64, D=16, N=96):
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.normal(size=(B, D)).astype(np.float32) + 0.3)
+  params = topk.init(jax.random.PRNGKey(seed), D, N, jnp.mean(x, axis=0))
+  params["b_enc"] = jnp.asarray(rng.normal(size=N).astype(np.float32) * 0.1)
+  dead = jnp.asarray(rng.random(N) < 0.4)
+  return params, x, dead
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("multi_topk", [False, True])
+def test_sparse_loss_and_gradients_equal_the_dense_reference(impl, multi_topk):
+  params, x, dead = _topk_problem()
+  kw = dict(k=6, variance=1.7, dead_N=dead, k_aux=12, aux_coef=1 / 32, multi_topk=multi_topk)
+
+  def f(loss_fn, **extra):
+    return jax.value_and_grad(lambda p: loss_fn(p, x, **kw, **extra).loss)(params)
+
+  (l_dense, g_dense), (l_sparse, g_sparse) = f(topk.loss), f(topk.sparse_loss, impl=impl)
+  out_dense = topk.loss(params, x, **kw)
+  out_sparse = topk.sparse_loss(params, x, **kw, impl=impl)
+  assert float(out_dense.aux_loss) > 0  # AuxK is on: some latents are dead
+  np.testing.assert_allclose(l_sparse, l_dense, rtol=1e-5)
+  for name in ("normalized_mse", "aux_loss", "l0"):
+    np.testing.assert_allclose(getattr(out_sparse, name), getattr(out_dense, name), rtol=1e-5)
+  np.testing.assert_array_equal(out_sparse.fired_N, out_dense.fired_N)
+  for key in params:
+    np.testing.assert_allclose(g_sparse[key], g_dense[key], rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_batchtopk_sparse_loss_and_gradients_equal_the_dense_reference(impl):
+  params, x, dead = _topk_problem(seed=1)
+  extras = {"threshold": jnp.asarray(0.2, jnp.float32)}
+  hp = sae.Hyper(n_latents=params["b_enc"].shape[0], k=6, k_aux=12)
+  hp_sparse = dataclasses.replace(hp, sparse_impl=impl)
+
+  def f(h):
+    return jax.value_and_grad(
+        lambda p: batchtopk.loss(p, x, extras, h, variance=1.3, dead_N=dead).loss)(params)
+
+  (l_dense, g_dense), (l_sparse, g_sparse) = f(hp), f(hp_sparse)
+  out_d = batchtopk.loss(params, x, extras, hp, variance=1.3, dead_N=dead)
+  out_s = batchtopk.loss(params, x, extras, hp_sparse, variance=1.3, dead_N=dead)
+  assert float(out_d.aux_loss) > 0
+  np.testing.assert_allclose(l_sparse, l_dense, rtol=1e-5)
+  np.testing.assert_allclose(out_s.l0, out_d.l0)
+  np.testing.assert_allclose(out_s.extras["threshold"], out_d.extras["threshold"])
+  np.testing.assert_array_equal(out_s.fired_N, out_d.fired_N)
+  for key in params:
+    np.testing.assert_allclose(g_sparse[key], g_dense[key], rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_train_steps_equal_the_dense_reference(arch):
+  """Six Adam steps (decoder projection, renormalisation and dead-latent counters included)
+  with the sparse step on one CPU device (the C++ kernels) and on eight (XLA ops) end
+  where the dense autodiff step on as many devices ends (the same devices: a different
+  partition of the matmul rounds differently and can move a latent across BatchTopK's cut)."""
+  source = _source()
+  ends = {}
+  for step_kind in ("dense", "sparse"):
+    for n_devices in (1, 8):
+      c = _config(n_devices=n_devices, topk_step=step_kind, dead_tokens=256)
+      c.sae.architecture, c.sae.n_latents = arch, 512
+      c = config.resolve(c, source.d_in)
+      mesh = train.make_mesh(n_devices)
+      # Adam with the paper's eps (6e-10) turns float noise in a near-zero gradient into a
+      # full lr step of either sign; eps 1e-5 keeps such elements still, so float
+      # tolerances stay meaningful.
+      opt = optimizer.make(c.train.lr, eps=1e-5)
+      step_fn = train.make_train_step(mesh, train.StepConfig.from_config(c), opt)
+      state = train.init_state(jax.random.PRNGKey(0), source.read("train", np.arange(1024)), c,
+                               1.0, opt)
+      losses = []
+      for _, xb in data.stream(source, c.train.batch_size, 0, 0, 6):
+        xb = jax.device_put(xb, train.sharding.batch_sharding(mesh))
+        state, m = step_fn(state, xb)
+        losses.append((float(m["loss"]), float(m["aux_loss"])))
+      ends[(step_kind, n_devices)] = jax.device_get(state), np.array(losses)
+  for n_devices in (1, 8):
+    ref_state, ref_losses = ends[("dense", n_devices)]
+    state, losses = ends[("sparse", n_devices)]
+    assert ref_losses[-1, 1] > 0, "AuxK ran: latents died within the window"
+    np.testing.assert_allclose(losses, ref_losses, rtol=2e-5, err_msg=str(n_devices))
+    for name in ref_state.params:
+      np.testing.assert_allclose(state.params[name], ref_state.params[name], rtol=1e-4,
+                                 atol=2e-6, err_msg=f"{n_devices} devices: {name}")
+    np.testing.assert_array_equal(state.tokens_since_fired_N, ref_state.tokens_since_fired_N)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), state.extras,
+                 ref_state.extras)  # BatchTopK's inference threshold
+
+
+def test_the_step_uses_the_kernels_on_one_cpu_device_and_xla_on_a_mesh():
+  assert sparse.impl_for(train.make_mesh(1)) == "cpu_kernels"
+  assert sparse.impl_for(train.make_mesh(8)) == "xla"
+  c = config.resolve(_config(n_devices=1), 32)
+  assert train.hyper(c).sparse_impl == "xla"  # upgraded per mesh by make_train_step
+  c.train.topk_step = "dense"
+  assert train.hyper(c).sparse_impl is None
+
+
+def test_bfloat16_matmul_stays_close_to_float32():
+  params, x, dead = _topk_problem(B=256, D=64, N=512)
+  kw = dict(k=8, variance=1.0, dead_N=dead, k_aux=16)
+  l32 = topk.sparse_loss(params, x, **kw).loss
+  l16 = topk.sparse_loss(params, x, **kw, compute_dtype="bfloat16").loss
+  assert l16 != l32 and abs(float(l16) / float(l32) - 1) < 0.02
+
+
+def test_bad_step_settings_say_what_to_change():
+  c = _config()
+  c.train.topk_step = "fast"
+  with pytest.raises(config.ConfigError, match="train.topk_step='fast' must be 'sparse' or 'dense'"):
+    config.resolve(c, 32)
+  c = _config(compute_dtype="bfloat16")
+  c.sae.architecture, c.sae.k, c.sae.sparsity_coefficient = "relu_l1", None, 1.0
+  with pytest.raises(config.ConfigError, match="use float32 for 'relu_l1'"):
+    config.resolve(c, 32)
