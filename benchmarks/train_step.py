@@ -1,13 +1,18 @@
-"""Train-step throughput against the encoder matmul alone, in one process.
+"""TopK train-step throughput against the encoder matmul alone, in one process.
 
-For each shape (d_in, n_latents, k, B) it times, on the default JAX backend:
-  * our jitted TopK train step (`sae_jax.train.make_train_step`, AuxK on, 1 device),
+For each shape (d_in, n_latents, k, B) it times, on the default JAX backend (1 device):
+  * our jitted TopK train step (`sae_jax.train.make_train_step`, train.topk_step =
+    "sparse": `sae_jax.sparse`, the C++ kernels on a CPU),
+  * the plain dense autodiff step (train.topk_step = "dense": the same loss through
+    `jax.value_and_grad`, decoder on the dense code),
   * the encoder matmul alone, [B x d_in] @ [d_in x n_latents] (2·B·d_in·n_latents FLOPs),
   * our step fed by the prefetching data stream from an in-memory source, against the
     same step on a resident batch (does data loading stall the step?),
-and prints tokens/s and the ratios. Figures, not assertions.
+and prints tokens/s and the ratios. On a GPU it repeats the table with bfloat16 matmul
+inputs (train.compute_dtype) and prints the matmul's share of the device's peak.
+Figures, not assertions.
 
-    python benchmarks/train_step.py [--shapes 576,4096,32,1024 ...] [--repeats 10]
+    python benchmarks/train_step.py [--shapes 768,16384,32,4096 ...] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -18,82 +23,123 @@ import platform
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from sae_jax import config, data, optimizer, train
+from sae_jax import config, data, host_memory, optimizer, sparse, train
 
-DEFAULT_SHAPES = ["576,1024,32,1024", "576,4096,32,1024", "576,16384,32,1024"]
+# (d_in, n_latents, k, B) of the issue: SmolLM2-135M's width, GPT-2 small's width, and a
+# wide dictionary at a smaller batch.
+DEFAULT_SHAPES = ["576,16384,32,4096", "768,16384,32,4096", "768,65536,32,1024"]
+# Dense bf16 matmul peaks (TFLOP/s) for the matmul's share on GPUs; others print "-".
+GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
 def _time(fn, repeats):
-  fn()  # compile and warm up
-  t = time.perf_counter()
+  """Median seconds of `repeats` calls, each run to completion, after two warm-up calls
+  (compilation): the median, because other work on a shared machine only adds time."""
+  jax.block_until_ready(fn())
+  jax.block_until_ready(fn())
+  times = []
   for _ in range(repeats):
-    out = fn()
-  jax.block_until_ready(out)
-  return (time.perf_counter() - t) / repeats
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t)
+  return float(np.median(times))
 
 
-def bench(d_in, n_latents, k, B, repeats, dead_tokens):
-  rng = np.random.default_rng(0)
-  x_np = rng.normal(size=(B, d_in)).astype(np.float32)
-  c = config.default_config()
-  c.sae.n_latents, c.sae.k, c.train.batch_size = n_latents, k, B
-  c.train.n_devices = 1
-  c.train.dead_tokens = dead_tokens
-  c = config.resolve(c, d_in)
-  mesh = train.make_mesh(1)
+def _step(c, x_np, mesh):
   opt = optimizer.make(c.train.lr, eps=c.train.adam_eps)
   step_fn = train.make_train_step(mesh, train.StepConfig.from_config(c), opt)
   state = train.init_state(jax.random.PRNGKey(0), x_np, c, 1.0, opt)
-  x = jax.device_put(x_np)
   holder = {"state": state}
 
-  def step():
+  def run(x):
     holder["state"], m = step_fn(holder["state"], x)
     return m["loss"]
+  return run
 
-  t_step = _time(step, repeats)
 
-  W = jax.device_put(rng.normal(size=(d_in, n_latents)).astype(np.float32))
-  matmul = jax.jit(lambda a, b: a @ b)
-  t_mm = _time(lambda: matmul(x, W), repeats)
+def bench(d_in, n_latents, k, B, repeats, dead_tokens, compute_dtype):
+  rng = np.random.default_rng(0)
+  x_np = rng.normal(size=(B, d_in)).astype(np.float32)
+  mesh = train.make_mesh(1)
+  configs = {}
+  for kind in ("sparse", "dense"):
+    c = config.default_config()
+    c.sae.n_latents, c.sae.k, c.train.batch_size = n_latents, k, B
+    c.sae.geometric_median_samples = B
+    c.train.n_devices, c.train.dead_tokens = 1, dead_tokens
+    c.train.topk_step, c.train.compute_dtype = kind, compute_dtype
+    configs[kind] = config.resolve(c, d_in)
+  x = jax.device_put(x_np)
+  times = {}
+  sparse_step = _step(configs["sparse"], x_np, mesh)
+  times["sparse"] = _time(lambda: sparse_step(x), repeats)
+  dense_step = _step(configs["dense"], x_np, mesh)
+  times["dense"] = _time(lambda: dense_step(x), repeats)
+  del dense_step
+
+  dt = jnp.dtype(compute_dtype)
+  W = jax.device_put(rng.normal(size=(d_in, n_latents)).astype(dt))
+  xm = x.astype(dt)
+  matmul = jax.jit(lambda a, b: jax.lax.dot(a, b, preferred_element_type=jnp.float32))
+  times["matmul"] = _time(lambda: matmul(xm, W), repeats)
 
   source = data.ArraySource({"train": rng.normal(size=(B * 8, d_in)).astype(np.float32)})
-  def streamed():
+
+  stream_steps = 8
+
+  def streamed():  # 8 steps, each batch read by the prefetching stream
     out = None
-    for _, xb in data.stream(source, B, 0, 0, repeats):
-      holder["state"], m = step_fn(holder["state"], xb)
-      out = m["loss"]
+    for _, xb in data.stream(source, B, 0, 0, stream_steps):
+      out = sparse_step(xb)
     return out
-  streamed()
-  t = time.perf_counter()
-  jax.block_until_ready(streamed())
-  t_stream = (time.perf_counter() - t) / repeats
-  return t_step, t_mm, t_stream
+  times["stream"] = _time(streamed, max(1, repeats // 2)) / stream_steps
+  return times
 
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--shapes", nargs="*", default=DEFAULT_SHAPES, help="d_in,n_latents,k,B")
-  p.add_argument("--repeats", type=int, default=10)
+  p.add_argument("--repeats", type=int, default=7, help="timed calls per figure (median)")
   p.add_argument("--dead-tokens", type=int, default=10_000_000,
                  help="dead-latent window; set it to B to time the AuxK path on every step")
+  p.add_argument("--dtypes", nargs="*", default=None,
+                 help="matmul input dtypes (default: float32, plus bfloat16 on a GPU)")
   args = p.parse_args()
   dev = jax.devices()[0]
-  print(f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus; "
-        f"backend {dev.platform} ({dev.device_kind}); jax {jax.__version__}; float32")
-  head = (f"{'d_in':>5} {'n_latents':>9} {'k':>4} {'B':>5} | {'step tok/s':>11} "
-          f"{'matmul tok/s':>12} {'step/matmul':>11} {'GFLOP/s mm':>10} | "
-          f"{'streamed tok/s':>14} {'stream/resident':>15}")
-  print(head)
-  print("-" * len(head))
-  for shape in args.shapes:
-    d_in, n_latents, k, B = map(int, shape.split(","))
-    t_step, t_mm, t_stream = bench(d_in, n_latents, k, B, args.repeats, args.dead_tokens)
-    print(f"{d_in:>5} {n_latents:>9} {k:>4} {B:>5} | {B / t_step:>11,.0f} {B / t_mm:>12,.0f} "
-          f"{t_mm / t_step:>11.2%} {2 * B * d_in * n_latents / t_mm / 1e9:>10.1f} | "
-          f"{B / t_stream:>14,.0f} {t_step / t_stream:>15.2%}")
+  dtypes = args.dtypes or (["float32", "bfloat16"] if dev.platform == "gpu" else ["float32"])
+  impl = sparse.impl_for(train.make_mesh(1))
+  print(f"machine: {platform.machine()} {_cpu_name()} {os.cpu_count()} cpus; backend "
+        f"{dev.platform} ({dev.device_kind}); jax {jax.__version__}; sparse ops: {impl}; "
+        f"freed host memory retained: {host_memory.retain_freed_memory()}")
+  peak = next((v for name, v in GPU_PEAK_TFLOPS.items() if name in dev.device_kind), None)
+  for dtype in dtypes:
+    print(f"\nmatmul inputs {dtype}; tokens/s (higher is better); ratios of step times")
+    head = (f"{'d_in':>5} {'n_latents':>9} {'k':>3} {'B':>5} | {'ours':>9} {'dense':>9} "
+            f"{'matmul':>9} | {'ours/matmul':>11} {'ours/dense':>10} {'mm TFLOP/s':>10} "
+            f"{'mm % peak':>9} | {'streamed':>9} {'resident/streamed':>17}")
+    print(head)
+    print("-" * len(head))
+    for shape in args.shapes:
+      d_in, n_latents, k, B = map(int, shape.split(","))
+      t = bench(d_in, n_latents, k, B, args.repeats, args.dead_tokens, dtype)
+      tflops = 2 * B * d_in * n_latents / t["matmul"] / 1e12
+      share = f"{tflops / peak:.0%}" if peak and dtype == "bfloat16" else "-"
+      print(f"{d_in:>5} {n_latents:>9} {k:>3} {B:>5} | {B / t['sparse']:>9,.0f} "
+            f"{B / t['dense']:>9,.0f} {B / t['matmul']:>9,.0f} | "
+            f"{t['matmul'] / t['sparse']:>11.0%} {t['dense'] / t['sparse']:>9.2f}x "
+            f"{tflops:>10.3f} {share:>9} | {B / t['stream']:>9,.0f} "
+            f"{t['sparse'] / t['stream']:>17.1%}", flush=True)
+
+
+def _cpu_name() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "")
+  except OSError:
+    return platform.processor()
 
 
 if __name__ == "__main__":
