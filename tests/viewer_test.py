@@ -66,7 +66,7 @@ def test_view_command_errors_are_one_line(tmp_path, capsys):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (CI installs it with "
-                    ".ci/install_chromium.sh: apt-get install -y chromium)")
+                    ".ci/install_debian_packages.sh: apt-get install -y chromium)")
 def test_viewer_in_headless_chromium(site, tmp_path):
   sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
   run, index = site
