@@ -116,10 +116,10 @@ def main():
         f"freed host memory retained: {host_memory.retain_freed_memory()}")
   peak = next((v for name, v in GPU_PEAK_TFLOPS.items() if name in dev.device_kind), None)
   for dtype in dtypes:
-    print(f"\nmatmul inputs {dtype}; tokens/s (higher is better); ratios of step times")
+    print(f"\nmatmul inputs {dtype}; tokens/s (higher is better) and their ratios")
     head = (f"{'d_in':>5} {'n_latents':>9} {'k':>3} {'B':>5} | {'ours':>9} {'dense':>9} "
             f"{'matmul':>9} | {'ours/matmul':>11} {'ours/dense':>10} {'mm TFLOP/s':>10} "
-            f"{'mm % peak':>9} | {'streamed':>9} {'resident/streamed':>17}")
+            f"{'mm % peak':>9} | {'streamed':>9} {'streamed/resident':>17}")
     print(head)
     print("-" * len(head))
     for shape in args.shapes:

@@ -106,8 +106,9 @@ def default_config() -> ml_collections.ConfigDict:
   # "dense" (plain autodiff, the reference). Same results within float tolerance, so it is
   # not part of a run's identity.
   c.train.topk_step = "sparse"
-  # Input dtype of the sparse step's encoder matmul: "float32" or "bfloat16" (float32
-  # accumulation and master parameters; for GPUs and TPUs -- CPUs gain nothing).
+  # Input dtype of the TopK family's encoder matmul (and of the dense TopK step's decoder
+  # matmul): "float32" or "bfloat16" (float32 accumulation and master parameters; for
+  # GPUs and TPUs -- CPUs gain nothing).
   c.train.compute_dtype = "float32"
   return c
 
@@ -198,10 +199,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
        f"train.topk_step={t.topk_step!r} must be 'sparse' or 'dense'")
   need(t.compute_dtype in ("float32", "bfloat16"),
        f"train.compute_dtype={t.compute_dtype!r} must be 'float32' or 'bfloat16'")
-  need(t.compute_dtype == "float32" or (sae.get(s.architecture).sparse_step
-                                       and t.topk_step == "sparse"),
-       f"train.compute_dtype={t.compute_dtype!r} needs the sparse step of a TopK-family "
-       f"architecture (train.topk_step='sparse'); use float32 for {s.architecture!r}")
+  need(t.compute_dtype == "float32" or s.architecture == "topk"
+       or (sae.get(s.architecture).sparse_step and t.topk_step == "sparse"),
+       f"train.compute_dtype={t.compute_dtype!r} is supported by topk and by the sparse "
+       f"step of batchtopk; use float32 for {s.architecture!r}")
   need(t.n_eval_points >= 1, f"train.n_eval_points={t.n_eval_points} must be at least 1")
   need(0 < t.first_eval_fraction <= 1,
        f"train.first_eval_fraction={t.first_eval_fraction} must be in (0, 1]")

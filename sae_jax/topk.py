@@ -96,7 +96,7 @@ LossOutput = sae.Output
 
 def loss(params: Params, x_BxD: jax.Array, *, k: int, variance: jax.Array | float = 1.0,
          dead_N: jax.Array | None = None, k_aux: int = 0, aux_coef: float = 1 / 32,
-         multi_topk: bool = False) -> sae.Output:
+         multi_topk: bool = False, compute_dtype: str = "float32") -> sae.Output:
   """TopK training loss with AuxK (Gao et al. 2024, Sec. 2.4 and A.2).
 
   Args:
@@ -110,6 +110,8 @@ def loss(params: Params, x_BxD: jax.Array, *, k: int, variance: jax.Array | floa
     aux_coef: alpha, the AuxK weight (1/32 in the paper).
     multi_topk: add the reconstruction loss with 4k latents, weighted 1/8 (Gao et al.
       2024, Sec. 5.3 "Multi-TopK": L(k) + L(4k)/8), so the SAE also works at larger k.
+    compute_dtype: input dtype of the encoder and decoder matmuls ("float32" or
+      "bfloat16", float32 accumulation).
 
   The AuxK term reconstructs the residual e = x - x_hat (held constant) with the top-k_aux
   dead latents: e_hat = W_dec z_aux, without b_pre (already inside x_hat, so b_pre is
@@ -117,15 +119,21 @@ def loss(params: Params, x_BxD: jax.Array, *, k: int, variance: jax.Array | floa
   when no latent is dead.
   """
   n_latents = params["W_enc"].shape[1]
-  pre_BxN = pre_activations(params, x_BxD)
+  pre_BxN = sparse.encoder_matmul(params, x_BxD, compute_dtype)
   code = topk(pre_BxN, k)
   z_BxN = to_dense(code, n_latents)
-  x_hat_BxD = decode(params, z_BxN)
+  if compute_dtype == "float32":
+    decode_fn = decode
+  else:
+    dt = jnp.dtype(compute_dtype)
+    decode_fn = lambda p, z: jax.lax.dot(z.astype(dt), p["W_dec"].astype(dt),  # noqa: E731
+                                         preferred_element_type=jnp.float32) + p["b_pre"]
+  x_hat_BxD = decode_fn(params, z_BxN)
   err_BxD = x_BxD - x_hat_BxD
   nmse = sae.normalized_mse(x_BxD, x_hat_BxD, variance)
   objective = nmse
   if multi_topk:
-    x_hat4_BxD = decode(params, to_dense(topk(pre_BxN, min(4 * k, n_latents)), n_latents))
+    x_hat4_BxD = decode_fn(params, to_dense(topk(pre_BxN, min(4 * k, n_latents)), n_latents))
     objective = objective + sae.normalized_mse(x_BxD, x_hat4_BxD, variance) / 8
 
   aux = jnp.zeros((), jnp.float32)
@@ -218,10 +226,10 @@ def _loss(params: Params, x_BxD: jax.Array, extras, hp: sae.Hyper, *, variance, 
           ) -> sae.Output:
   del extras
   kw = dict(k=hp.k, variance=variance, dead_N=dead_N, k_aux=hp.k_aux, aux_coef=hp.aux_coef,
-            multi_topk=hp.multi_topk)
+            multi_topk=hp.multi_topk, compute_dtype=hp.compute_dtype)
   if hp.sparse_impl is None:
     return loss(params, x_BxD, **kw)
-  return sparse_loss(params, x_BxD, impl=hp.sparse_impl, compute_dtype=hp.compute_dtype, **kw)
+  return sparse_loss(params, x_BxD, impl=hp.sparse_impl, **kw)
 
 
 ARCH = sae.Architecture(

@@ -222,6 +222,8 @@ def test_bfloat16_matmul_stays_close_to_float32():
   l32 = topk.sparse_loss(params, x, **kw).loss
   l16 = topk.sparse_loss(params, x, **kw, compute_dtype="bfloat16").loss
   assert l16 != l32 and abs(float(l16) / float(l32) - 1) < 0.02
+  dense16 = topk.loss(params, x, **kw, compute_dtype="bfloat16").loss  # the benchmark's baseline
+  assert dense16 != l32 and abs(float(dense16) / float(l32) - 1) < 0.02
 
 
 def test_bad_step_settings_say_what_to_change():
