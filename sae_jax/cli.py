@@ -63,10 +63,13 @@ def _train(args) -> None:
   point = {"sae.n_latents": resolved.sae.n_latents, "sae.k": resolved.sae.k}
   rid = launch.run_id(point, resolved)
   run_dir = os.path.join(out, rid)
+  from sae_jax import distributed
+  if distributed.is_primary():  # as a sweep does: eval, view and export read it
+    os.makedirs(run_dir, exist_ok=True)
+    launch.write_json_atomic(os.path.join(run_dir, "config.json"), resolved.to_dict())
   records = train.train(resolved, cache, run_dir,
                         {"sweep": cfg.name, "run_id": rid, "model": cache.meta["model"],
                          "layer": cache.meta["layer"]})
-  from sae_jax import distributed
   if not distributed.is_primary():
     return
   launch.write_json_atomic(os.path.join(run_dir, "records.json"), records)

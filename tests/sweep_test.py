@@ -190,3 +190,17 @@ def test_every_subcommand_has_help(capsys):
       cli.main([sub, "--help"])
     assert e.value.code == 0
     assert "usage: sae-jax " + sub in capsys.readouterr().out
+
+
+def test_train_writes_the_config_and_records_of_its_run(sweep, uninterrupted, tmp_path, capsys):
+  """`sae-jax train` leaves a run directory as a sweep does, so eval, view and export can
+  read its config.json."""
+  _, path = sweep
+  cli.main(["train", "--sweep", path, "--set", f"out_dir={tmp_path}", "sae.n_latents=64",
+            "sae.k=4", "train.token_budget=1024"])
+  run_dirs = os.listdir(tmp_path / "tiny")
+  assert len(run_dirs) == 1 and capsys.readouterr().out.startswith(str(tmp_path / "tiny"))
+  run = tmp_path / "tiny" / run_dirs[0]
+  cfg = json.loads((run / "config.json").read_text())
+  assert cfg["sae"]["n_latents"] == 64 and cfg["train"]["token_budget"] == 1024
+  assert json.loads((run / "records.json").read_text())[-1]["tokens"] == 1024
