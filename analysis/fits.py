@@ -42,6 +42,7 @@ except ImportError:  # pragma: no cover
   _threadpool_limits = None
 
 from analysis import laws as laws_lib
+from analysis._warn import warn_caller
 from sae_jax.config import ConfigError
 
 LOSS_KEY = "normalized_mse"
@@ -201,7 +202,7 @@ def fit_power_law(n: Sequence[float] | np.ndarray, loss: Sequence[float] | np.nd
   fit = fit_law(laws_lib.POWER_LAW_IRREDUCIBLE, x_P, y_P, variables={"x": x_name},
                 huber_delta=huber_delta, n_bootstrap=0, warn=False)
   if fit.note:
-    warnings.warn(f"degenerate fit of {law}: {fit.note}", stacklevel=2)
+    warn_caller(f"degenerate fit of {law}: {fit.note}")
   return PowerLawFit(law=law, params=fit.params, stderr=fit.stderr, n_points=fit.n_points,
                      residuals=fit.residuals, x=x_P.tolist(), y=y_P.tolist(), x_name=x_name,
                      irreducible=True, method=f"huber(delta={huber_delta:g})",
@@ -515,8 +516,7 @@ def _fit_law(law, xs, y_P, u, mu, logy, starts, variables, huber_delta, n_bootst
   degenerate = bool(notes)
   note = "; ".join(notes + ([boot_note] if boot_note else []))
   if note and warn:
-    warnings.warn(f"{'degenerate' if degenerate else 'uncertain'} fit of {law.name}: {note}",
-                  stacklevel=3)
+    warn_caller(f"{'degenerate' if degenerate else 'uncertain'} fit of {law.name}: {note}")
   return LawFit(law=law.name, formula=law.formula, params=params, stderr=stderr, ci95=ci95,
                 n_points=P, residuals=r_P.tolist(), x={i: v.tolist() for i, v in xs.items()},
                 variables=variables, y=y_P.tolist(), objective=objective,
@@ -673,12 +673,12 @@ def fit_scaling_laws(records: Sequence[Mapping[str, Any]], *, loss_key: str = LO
   usable = [r for r in records if is_usable(r, loss_key)]
   n_excluded = len(records) - len(usable)
   if n_excluded:
-    warnings.warn(f"leaving out {n_excluded} of {len(records)} records with a missing, "
-                  f"non-finite or non-positive {loss_key}", stacklevel=2)
+    warn_caller(f"leaving out {n_excluded} of {len(records)} records with a missing, "
+                f"non-finite or non-positive {loss_key}")
   mixed = {(r.get("model"), r.get("layer"), r.get("d_in")) for r in records}
   if len(mixed) > 1:
-    warnings.warn(f"records mix {len(mixed)} (model, layer, d_in) combinations; fits pool "
-                  f"them -- filter with model=..., layer=... for one law each", stacklevel=2)
+    warn_caller(f"records mix {len(mixed)} (model, layer, d_in) combinations; fits pool "
+                f"them -- filter with model=..., layer=... for one law each")
   archs = {r.get("architecture") for r in records}
   multi_arch = len(archs) > 1
   fit_kw = {"n_bootstrap": n_bootstrap, "seed": seed, "huber_delta": huber_delta}
@@ -714,8 +714,8 @@ def fit_scaling_laws(records: Sequence[Mapping[str, Any]], *, loss_key: str = LO
     names = sorted(rid for _, rid in unconverged)
     shown = ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
     action = "left out of" if convergence == "exclude" else "included in (flagged)"
-    warnings.warn(f"{len(names)} of {len(table)} runs have not converged ({shown}); "
-                  f"{action} L(N) and L(n, k) -- see fits['convergence']", stacklevel=2)
+    warn_caller(f"{len(names)} of {len(table)} runs have not converged ({shown}); "
+                f"{action} L(N) and L(n, k) -- see fits['convergence']")
 
   evals = [r for r in usable if is_usable(r, "flops")]
   idx = compute_frontier([r["flops"] for r in evals], [r[loss_key] for r in evals])
@@ -766,7 +766,7 @@ def fit_scaling_laws(records: Sequence[Mapping[str, Any]], *, loss_key: str = LO
 def _rewarn(caught) -> None:
   """Re-issue the distinct warnings of a block once each (bootstrap refits repeat them)."""
   for msg in dict.fromkeys(str(w.message) for w in caught):
-    warnings.warn(msg, stacklevel=3)
+    warn_caller(msg)
 
 
 def _lrs_per_n(records: Sequence[Mapping[str, Any]]) -> int:

@@ -20,7 +20,6 @@ An optimum at the edge of the values tried is only a bound: it is listed, flagge
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,6 +27,7 @@ import numpy as np
 
 from analysis.fits import LOSS_KEY, fit_law
 from analysis.results import get_field, group_runs
+from analysis._warn import warn_caller
 from sae_jax.config import ConfigError
 
 
@@ -139,9 +139,9 @@ def compute_optimal_allocation(records: Sequence[Mapping[str, Any]], *,
   interior = [lv for lv in levels if not lv["edge"]]
   n_edge = len(levels) - len(interior)
   if n_edge:
-    warnings.warn(f"compute-optimal allocation: {n_edge} of {len(levels)} compute levels have "
-                  f"their best n_latents at the edge of the sweep; left out of the n*(C), D*(C) "
-                  f"fits (widen the n_latents range)", stacklevel=2)
+    warn_caller(f"compute-optimal allocation: {n_edge} of {len(levels)} compute levels have "
+                f"their best n_latents at the edge of the sweep; left out of the n*(C), D*(C) "
+                  f"fits (widen the n_latents range)")
   for key, field in (("n_latents_opt", "n_latents"), ("tokens_opt", "tokens")):
     if len(interior) < 3:
       out[key] = {"error": f"only {len(interior)} of {len(levels)} compute levels have their "
@@ -219,8 +219,8 @@ def optimal_learning_rates(records: Sequence[Mapping[str, Any]], *, lr_key: str 
   interior = [p for p in per_n if not p["edge"]]
   if len(interior) < len(per_n):
     edges = ", ".join(f"{p['n_latents']:g}" for p in per_n if p["edge"])
-    warnings.warn(f"optimal lr: the best lr of n_latents {edges} is at the edge of the lrs "
-                  f"tried; left out of the lr*(n) fit (widen the lr range)", stacklevel=2)
+    warn_caller(f"optimal lr: the best lr of n_latents {edges} is at the edge of the lrs "
+                f"tried; left out of the lr*(n) fit (widen the lr range)")
   out: dict[str, Any] = {"per_n": per_n}
   try:
     out["lr_opt"] = fit_law("power_law", [p["n_latents"] for p in interior],

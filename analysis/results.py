@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from analysis._warn import warn_caller
 from sae_jax.config import ConfigError
 
 RESULTS_FILENAME = "results.jsonl"
@@ -65,7 +65,7 @@ def read_jsonl(path: str) -> list[dict]:
       record = json.loads(line)
     except json.JSONDecodeError as e:
       if i == last and i == len(lines) - 1:  # no trailing newline: a write in progress
-        warnings.warn(f"{path}:{i + 1}: skipping a truncated last line ({e.msg})", stacklevel=3)
+        warn_caller(f"{path}:{i + 1}: skipping a truncated last line ({e.msg})")
         continue
       raise ConfigError(f"{path}:{i + 1} is not valid JSON ({e.msg}); "
                         f"fix or delete that line") from None

@@ -62,9 +62,11 @@ def test_fit_is_json_serialisable_and_predicts():
 
 def test_degenerate_irreducible_fit_warns_and_says_so():
   # A pure power law has no floor: c must run to 0.
-  with pytest.warns(UserWarning, match="degenerate"):
+  with pytest.warns(UserWarning, match="degenerate") as caught:
     fit = fit_power_law(N, A * N ** -ALPHA, irreducible=True)
   assert fit.degenerate and "ran to 0" in fit.note
+  ours = [w for w in caught if "degenerate fit" in str(w.message)]
+  assert [w.filename for w in ours] == [__file__]  # the caller's line, not analysis' internals
 
 
 def test_frontier_is_the_lower_envelope():
