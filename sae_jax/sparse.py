@@ -85,6 +85,7 @@ def _load_kernels() -> str | None:
       if proc.returncode:
         os.unlink(tmp)
         return f"{compiler} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr else ''}"
+      os.chmod(tmp, 0o755)  # mkstemp made it private; a shared cache serves other users
       os.replace(tmp, lib_path)  # atomic: concurrent builders agree
     except OSError as e:
       return f"cannot build {lib_path}: {e}"

@@ -7,8 +7,9 @@ each trained on the whole cache once, evaluated at 8 log-spaced token counts on 
 documents. Reproduces, in miniature: L(N) per k (Gao et al. 2024, Fig. 1 right / Sec. 3.1)
 and the L(C) compute frontier (Fig. 1 left).
 
-Run time on a 2-core CPU, measured from a fresh clone with an empty cache: 11 min 51 s
-(4 min 48 s harvesting, 6 min 18 s training the 8 SAEs in one data pass; README).
+Run time on a 2-core CPU, measured from a fresh clone with an empty cache: 9 min 0 s for
+the README's whole main command (5 min 4 s harvesting, 1 min 55 s training the 8 SAEs in
+one data pass with the sparse step; README, "Run time").
 
     sae-jax sweep sweeps/quickstart.py
 """
