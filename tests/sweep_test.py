@@ -192,14 +192,17 @@ def test_every_subcommand_has_help(capsys):
     assert "usage: sae-jax " + sub in capsys.readouterr().out
 
 
-def test_train_writes_the_config_and_records_of_its_run(sweep, uninterrupted, tmp_path, capsys):
+def test_train_writes_the_config_and_records_of_its_run(sweep, tmp_path, capsys):
   """`sae-jax train` leaves a run directory as a sweep does, so eval, view and export can
   read its config.json."""
   _, path = sweep
-  cli.main(["train", "--sweep", path, "--set", f"out_dir={tmp_path}", "sae.n_latents=64",
-            "sae.k=4", "train.token_budget=1024"])
+  # Its own cache: test_bad_input_is_one_line_and_loses_nothing corrupts the module's.
+  rc = cli.main(["train", "--sweep", path, "--set", f"out_dir={tmp_path}", "sae.n_latents=64",
+                 "sae.k=4", "train.token_budget=1024", f"data.cache_dir={tmp_path / 'cache'}"])
+  out, err = capsys.readouterr()
+  assert rc in (0, None), err
   run_dirs = os.listdir(tmp_path / "tiny")
-  assert len(run_dirs) == 1 and capsys.readouterr().out.startswith(str(tmp_path / "tiny"))
+  assert len(run_dirs) == 1 and out.strip().splitlines()[-1].startswith(str(tmp_path / "tiny")), (out, err)
   run = tmp_path / "tiny" / run_dirs[0]
   cfg = json.loads((run / "config.json").read_text())
   assert cfg["sae"]["n_latents"] == 64 and cfg["train"]["token_budget"] == 1024
