@@ -11,7 +11,7 @@ points, or extrapolated from its last two points when the curve starts after T/2
 with a single evaluation point cannot be judged and counts as not converged.
 
 L(N) "at convergence" (Gao et al. 2024, Sec. 3.1) is fitted to the final records.
-`analysis.fits.fit_scaling_laws` by default *includes* unconverged runs, lists them in
+`analysis.sweep_fits.fit_scaling_laws` by default *includes* unconverged runs, lists them in
 each fit's "unconverged" entry and warns; with ``convergence="exclude"`` it drops them
 (and warns). Either way nothing is dropped silently.
 """

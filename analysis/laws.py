@@ -17,7 +17,7 @@ A `Law` gives the design matrices F_j of its terms on *centred* log inputs (u = 
 mean log x, for a well-conditioned fit), the matrix T that maps centred parameters back
 (theta = T @ theta_c, exact), starting points for the optimiser, and which parameters
 are stored as logs (a, c, A are fitted as log a, log c, log A so they stay positive).
-`analysis.fits.fit_law` fits any of them; `LAWS` is the registry by name.
+`analysis.fitting.fit_law` fits any of them; `LAWS` is the registry by name.
 """
 
 from __future__ import annotations

@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from analysis.fits import LOSS_KEY, fit_law
+from analysis.fitting import LOSS_KEY, fit_law
 from analysis.results import get_field, group_runs
 from analysis._warn import warn_caller
-from sae_jax.config import ConfigError
+from sae_jax.errors import ConfigError
 
 
 def parabola_vertex(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray
@@ -82,7 +82,7 @@ def compute_optimal_allocation(records: Sequence[Mapping[str, Any]], *,
       tokens, flops and the loss, several runs of different n_latents.
     loss_key: the loss field.
     n_levels: compute levels on the log grid.
-    n_bootstrap, seed, huber_delta: as in `analysis.fits.fit_law`.
+    n_bootstrap, seed, huber_delta: as in `analysis.fitting.fit_law`.
 
   Returns:
     {"levels": [{"flops", "n_latents", "tokens", "loss", "n_runs", "edge"}, ...],
@@ -178,7 +178,7 @@ def optimal_learning_rates(records: Sequence[Mapping[str, Any]], *, lr_key: str 
       the lr is read from `lr_key` (default "lr", falling back to "config.train.lr").
     lr_key: the learning-rate field.
     loss_key: the loss field.
-    n_bootstrap, seed, huber_delta: as in `analysis.fits.fit_law`.
+    n_bootstrap, seed, huber_delta: as in `analysis.fitting.fit_law`.
 
   Returns:
     {"per_n": [{"n_latents", "lr_opt", "loss", "lrs", "losses", "edge"}, ...],

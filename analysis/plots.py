@@ -2,7 +2,7 @@
 frontier; L(N) at convergence), loss vs k with the Eq. 3 surface, training curves,
 compute-optimal allocation, the optimal learning rate, and extrapolation with bands.
 
-Each function draws from the run records (and the fits of `analysis.fits`) and writes
+Each function draws from the run records (and the fits of `analysis.fitting`) and writes
 `<stem>.png` and `<stem>.pdf`. Figures are built with `matplotlib.figure.Figure` on the
 Agg canvas, never through pyplot, so importing this module changes no global backend
 (a notebook keeps its own) and nothing is left open.
@@ -11,101 +11,26 @@ Agg canvas, never through pyplot, so importing this module changes no global bac
 from __future__ import annotations
 
 import os
-import tempfile
-import textwrap
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib import ticker
 
-from analysis.fits import LOSS_KEY, LawFit, fit_scaling_laws, group_key, is_usable
+from analysis.fitting import LOSS_KEY, LawFit
+from analysis.results import is_usable
+from analysis.sweep_fits import fit_scaling_laws, group_key
 from analysis.laws import LAWS
-from analysis.results import new_file_mode
-from sae_jax.config import ConfigError
+from analysis.plot_style import (LINESTYLES, LOSS_LABEL, N_CMAP, PALETTE,
+                                 STYLE, empty_axes, log_axis, loss_tick_label, new_figure,
+                                 save_figure, sci_tick_label)
+from sae_jax.errors import ConfigError
 
-# One style for every figure: single-column size, no top/right spines, faint grid,
-# TrueType fonts embedded in the PDF (editable text in a paper).
-STYLE: dict[str, Any] = {
-    "font.family": "DejaVu Sans",
-    "font.size": 9,
-    "axes.labelsize": 9,
-    "axes.titlesize": 9,
-    "axes.titleweight": "bold",
-    "legend.fontsize": 7.5,
-    "legend.frameon": False,
-    "xtick.labelsize": 8,
-    "ytick.labelsize": 8,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "axes.grid.which": "major",
-    "grid.color": "0.85",
-    "grid.linewidth": 0.6,
-    "lines.linewidth": 1.5,
-    "lines.markersize": 4.5,
-    "savefig.dpi": 200,
-    "savefig.bbox": "tight",
-    "savefig.pad_inches": 0.03,
-    "pdf.fonttype": 42,
-    "ps.fonttype": 42,
-}
-FIGSIZE = (4.6, 3.3)  # inches, one column
-FIGSIZE_WIDE = (9.2, 3.4)  # two panels, double column
-# Okabe & Ito (2008) colour-blind-safe palette, for discrete groups (one colour per k).
-PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
-LINESTYLES = ("-", "--", ":", "-.")
-N_CMAP = "viridis"  # continuous colour for n_latents
-LOSS_LABEL = "normalized MSE (FVU)"
-
-
-def _figure(ncols: int = 1) -> tuple[Figure, Any]:
-  """A figure on the Agg canvas: one axes (single column) or `ncols` side by side."""
-  fig = Figure(figsize=FIGSIZE if ncols == 1 else (FIGSIZE_WIDE[0], FIGSIZE_WIDE[1]),
-               layout="constrained" if ncols > 1 else None)
-  FigureCanvasAgg(fig)
-  if ncols == 1:
-    return fig, fig.add_subplot()
-  return fig, list(fig.subplots(1, ncols))
-
-
-def _stem(path: str | os.PathLike) -> str:
-  path = os.fspath(path)
-  root, ext = os.path.splitext(path)
-  return root if ext.lower() in (".png", ".pdf") else path
-
-
-def save_figure(fig: Figure, path: str | os.PathLike) -> list[str]:
-  """Write `fig` as `<stem>.png` and `<stem>.pdf`, each atomically (temp file + os.replace).
-
-  `path` may end in .png, .pdf or nothing; the parent directory is created.
-  Returns the two paths written.
-  """
-  stem = _stem(path)
-  parent = os.path.dirname(stem) or "."
-  os.makedirs(parent, exist_ok=True)
-  written = []
-  for ext in ("png", "pdf"):
-    target = f"{stem}.{ext}"
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(stem)}.", suffix=f".{ext}")
-    os.close(fd)
-    os.chmod(tmp, new_file_mode())
-    try:
-      with matplotlib.rc_context(STYLE):
-        fig.savefig(tmp, format=ext)
-      os.replace(tmp, target)
-    finally:
-      if os.path.exists(tmp):
-        os.remove(tmp)
-    written.append(target)
-  return written
 
 
 def _runs(records: Sequence[Mapping[str, Any]], x_key: str, loss_key: str) -> list[list[Mapping]]:
@@ -140,51 +65,12 @@ def _k_styles(runs: list[list[Mapping]]) -> dict[Any, str]:
   return {k: LINESTYLES[i % len(LINESTYLES)] for i, k in enumerate(ks)}
 
 
-def _sci(value: float, _pos: Any = None) -> str:
-  """Tick label m x 10^e in mathtext ("10^5" when m = 1)."""
-  if value <= 0:
-    return ""
-  e = int(np.floor(np.log10(value) + 1e-9))
-  m = value / 10.0**e
-  m_str = f"{m:.2g}"
-  return f"$10^{{{e}}}$" if m_str == "1" else f"${m_str}\\times10^{{{e}}}$"
 
 
-def _log_axis(axis: Any, formatter: Any, dense: bool = True) -> None:
-  """Log ticks that stay labelled over a narrow range (1-2-5, or denser, under 2 decades).
-
-  Call after everything is drawn: the density follows the axis' autoscaled view.
-  `dense=False` stops at 1-2-5 (for wide labels such as 3x10^11 on an x axis).
-  """
-  axis.axes.autoscale_view()
-  lo, hi = sorted(axis.get_view_interval())
-  decades = np.log10(hi / lo) if lo > 0 else 10.0
-  if not dense and decades < 2.0:
-    decades = 1.5
-  if decades < 0.6:
-    subs = tuple(np.arange(1.0, 10.0, 0.5))
-  elif decades < 1.2:
-    subs = tuple(np.arange(1.0, 10.0))
-  elif decades < 2.0:
-    subs = (1.0, 2.0, 5.0)
-  else:
-    subs = (1.0,)
-  axis.set_major_locator(ticker.LogLocator(base=10, subs=subs))
-  axis.set_major_formatter(ticker.FuncFormatter(formatter))
-  axis.set_minor_formatter(ticker.NullFormatter())
 
 
-def _loss_label(value: float, _pos: Any = None) -> str:
-  return f"{value:g}"
 
 
-def _empty(ax: Any, message: str) -> None:
-  """An axes that says why it is empty (no ticks, the message wrapped)."""
-  ax.text(0.5, 0.5, textwrap.fill(message, 48), ha="center", va="center",
-          transform=ax.transAxes, color="0.4")
-  ax.set_xticks([])
-  ax.set_yticks([])
-  ax.grid(False)
 
 
 def _fit_or_none(entry: Any) -> LawFit | None:
@@ -256,14 +142,14 @@ def _draw_loss_vs_n(ax: Any, records, fits, loss_key: str) -> None:
   if order:
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    _log_axis(ax.yaxis, _loss_label)
+    log_axis(ax.yaxis, loss_tick_label)
     handles, labels = ax.get_legend_handles_labels()
     if unconverged & {r.get("run_id") for g in groups.values() for r in g}:
       handles.append(Line2D([], [], ls="", marker="o", mfc="white", mec="0.3"))
       labels.append("not converged")
     ax.legend(handles, labels, loc="best")
   else:
-    _empty(ax, "no final records (final=true)")
+    empty_axes(ax, "no final records (final=true)")
   ax.set_xlabel("n_latents")
   ax.set_ylabel(LOSS_LABEL)
 
@@ -279,7 +165,7 @@ def plot_loss_vs_n(records: Sequence[Mapping[str, Any]], fits: Mapping[str, Any]
 
   Args:
     records: run records (`analysis.results.load_results`).
-    fits: the dict of `analysis.fits.fit_scaling_laws`, or None to fit here.
+    fits: the dict of `analysis.sweep_fits.fit_scaling_laws`, or None to fit here.
     path: output stem (".png"/".pdf" suffix optional); both formats are written.
     loss_key: the loss field plotted.
 
@@ -288,7 +174,7 @@ def plot_loss_vs_n(records: Sequence[Mapping[str, Any]], fits: Mapping[str, Any]
   """
   fits = _fits(records, fits, loss_key)
   with matplotlib.rc_context(STYLE):
-    fig, ax = _figure()
+    fig, ax = new_figure()
     _draw_loss_vs_n(ax, records, fits, loss_key)
     ax.set_title("L(N): loss at convergence vs n_latents", loc="left")
     return save_figure(fig, path)
@@ -330,12 +216,12 @@ def _draw_loss_vs_compute(fig: Figure, ax: Any, records, fits, loss_key: str) ->
   if runs:
     ax.set_xscale("log")
     ax.set_yscale("log")
-    _log_axis(ax.xaxis, _sci, dense=False)
-    _log_axis(ax.yaxis, _loss_label)
+    log_axis(ax.xaxis, sci_tick_label, dense=False)
+    log_axis(ax.yaxis, loss_tick_label)
     _n_colorbar(fig, ax, norm, runs)
     ax.legend(handles=handles, loc="best")
   else:
-    _empty(ax, "no evaluation records with flops")
+    empty_axes(ax, "no evaluation records with flops")
   ax.set_xlabel("training compute (FLOPs)")
   ax.set_ylabel(LOSS_LABEL)
 
@@ -351,7 +237,7 @@ def plot_loss_vs_compute(records: Sequence[Mapping[str, Any]], fits: Mapping[str
 
   Args:
     records: run records.
-    fits: the dict of `analysis.fits.fit_scaling_laws`, or None to fit here.
+    fits: the dict of `analysis.sweep_fits.fit_scaling_laws`, or None to fit here.
     path: output stem; .png and .pdf are written.
     loss_key: the loss field plotted.
 
@@ -360,7 +246,7 @@ def plot_loss_vs_compute(records: Sequence[Mapping[str, Any]], fits: Mapping[str
   """
   fits = _fits(records, fits, loss_key)
   with matplotlib.rc_context(STYLE):
-    fig, ax = _figure()
+    fig, ax = new_figure()
     _draw_loss_vs_compute(fig, ax, records, fits, loss_key)
     ax.set_title("L(C): loss vs training compute", loc="left")
     return save_figure(fig, path)
@@ -373,7 +259,7 @@ def plot_fig1(records: Sequence[Mapping[str, Any]], fits: Mapping[str, Any] | No
 
   Args:
     records: run records.
-    fits: the dict of `analysis.fits.fit_scaling_laws`, or None to fit here.
+    fits: the dict of `analysis.sweep_fits.fit_scaling_laws`, or None to fit here.
     path: output stem; .png and .pdf are written.
     loss_key: the loss field plotted.
 
@@ -382,7 +268,7 @@ def plot_fig1(records: Sequence[Mapping[str, Any]], fits: Mapping[str, Any] | No
   """
   fits = _fits(records, fits, loss_key)
   with matplotlib.rc_context(STYLE):
-    fig, (left, right) = _figure(2)
+    fig, (left, right) = new_figure(2)
     _draw_loss_vs_compute(fig, left, records, fits, loss_key)
     _draw_loss_vs_n(right, records, fits, loss_key)
     left.set_title("(a) loss vs compute", loc="left")
@@ -406,7 +292,7 @@ def plot_loss_vs_tokens(records: Sequence[Mapping[str, Any]], path: str | os.Pat
   """
   runs = _runs(records, "tokens", loss_key)
   with matplotlib.rc_context(STYLE):
-    fig, ax = _figure()
+    fig, ax = new_figure()
     norm, cmap = _n_norm(runs), matplotlib.colormaps[N_CMAP]
     styles = _k_styles(runs)
     for run in runs:
@@ -416,14 +302,14 @@ def plot_loss_vs_tokens(records: Sequence[Mapping[str, Any]], path: str | os.Pat
     if runs:
       ax.set_xscale("log")
       ax.set_yscale("log")
-      _log_axis(ax.xaxis, _sci, dense=False)
-      _log_axis(ax.yaxis, _loss_label)
+      log_axis(ax.xaxis, sci_tick_label, dense=False)
+      log_axis(ax.yaxis, loss_tick_label)
       _n_colorbar(fig, ax, norm, runs)
       if len(styles) > 1:
         ax.legend(handles=[Line2D([], [], color="0.4", ls=ls, label=f"k={k}")
                            for k, ls in styles.items()], loc="upper right")
     else:
-      _empty(ax, "no evaluation records with tokens")
+      empty_axes(ax, "no evaluation records with tokens")
     ax.set_xlabel("training tokens")
     ax.set_ylabel(LOSS_LABEL)
     ax.set_title("training curves", loc="left")
@@ -439,7 +325,7 @@ def plot_loss_vs_k(records: Sequence[Mapping[str, Any]], fits: Mapping[str, Any]
 
   Args:
     records: run records (one architecture).
-    fits: the dict of `analysis.fits.fit_scaling_laws`, or None to fit here.
+    fits: the dict of `analysis.sweep_fits.fit_scaling_laws`, or None to fit here.
     path: output stem; .png and .pdf are written.
     loss_key: the loss field plotted.
 
@@ -451,7 +337,7 @@ def plot_loss_vs_k(records: Sequence[Mapping[str, Any]], fits: Mapping[str, Any]
                                                                        loss_key)]
   eq3 = _fit_or_none(fits.get("L_NK"))
   with matplotlib.rc_context(STYLE):
-    fig, ax = _figure()
+    fig, ax = new_figure()
     ns = sorted({float(r["n_latents"]) for r in finals})
     if finals:
       norm = LogNorm(vmin=min(ns) / 1.5, vmax=max(ns) * 1.5) if len(ns) == 1 else LogNorm(
@@ -469,7 +355,7 @@ def plot_loss_vs_k(records: Sequence[Mapping[str, Any]], fits: Mapping[str, Any]
                   lw=1.1, zorder=2)
       ax.set_xscale("log", base=2)
       ax.set_yscale("log")
-      _log_axis(ax.yaxis, _loss_label)
+      log_axis(ax.yaxis, loss_tick_label)
       cb = fig.colorbar(ScalarMappable(norm=norm, cmap=N_CMAP), ax=ax, pad=0.02, fraction=0.05)
       cb.set_label("n_latents")
       if len(ns) <= 8:
@@ -485,7 +371,7 @@ def plot_loss_vs_k(records: Sequence[Mapping[str, Any]], fits: Mapping[str, Any]
         ax.text(0.02, 0.02, f"no Eq. 3 fit: {err[:70]}", transform=ax.transAxes, fontsize=6,
                 color="0.4")
     else:
-      _empty(ax, "no final records with k")
+      empty_axes(ax, "no final records with k")
     ax.set_xlabel("k (active latents)")
     ax.set_ylabel(LOSS_LABEL)
     ax.set_title("L(n, k): loss vs k per n_latents (Gao et al. Eq. 3)", loc="left")
@@ -511,7 +397,7 @@ def plot_compute_optimal(fits: Mapping[str, Any], path: str | os.PathLike, *,
   bootstrap 95% bands (Templeton et al. 2024: a > b; Hoffmann et al. 2022, Fig. 3).
 
   Args:
-    fits: the dict of `analysis.fits.fit_scaling_laws`.
+    fits: the dict of `analysis.sweep_fits.fit_scaling_laws`.
     path: output stem; .png and .pdf are written.
     key: the group of fits["compute_optimal"] ("k=32"); default: the first with levels.
 
@@ -521,12 +407,12 @@ def plot_compute_optimal(fits: Mapping[str, Any], path: str | os.PathLike, *,
   key, entry = _first_entry(fits.get("compute_optimal"), key)
   levels = entry.get("levels", []) if isinstance(entry, Mapping) else []
   with matplotlib.rc_context(STYLE):
-    fig, axes = _figure(2)
+    fig, axes = new_figure(2)
     for ax, field, fit_key, sym, ylabel, color in (
         (axes[0], "n_latents", "n_latents_opt", "a", "optimal n_latents", PALETTE[0]),
         (axes[1], "tokens", "tokens_opt", "b", "optimal training tokens", PALETTE[1])):
       if not levels:
-        _empty(ax, "no compute levels" + (f":\n{entry.get('error', '')[:60]}"
+        empty_axes(ax, "no compute levels" + (f":\n{entry.get('error', '')[:60]}"
                                           if isinstance(entry, Mapping) else ""))
         continue
       c = np.array([lv["flops"] for lv in levels])
@@ -544,7 +430,7 @@ def plot_compute_optimal(fits: Mapping[str, Any], path: str | os.PathLike, *,
                 label=f"$\\propto C^{{{sym}}}$, {sym} = {format_param(entry[fit_key], 'b')}")
       ax.set_xscale("log")
       ax.set_yscale("log")
-      _log_axis(ax.xaxis, _sci, dense=False)
+      log_axis(ax.xaxis, sci_tick_label, dense=False)
       ax.set_xlabel("training compute (FLOPs)")
       ax.set_ylabel(ylabel)
       ax.legend(loc="upper left")
@@ -560,7 +446,7 @@ def plot_lr_sweep(fits: Mapping[str, Any], path: str | os.PathLike, *,
   1/sqrt(n) of Gao et al. 2024, Sec. 2.3 for reference.
 
   Args:
-    fits: the dict of `analysis.fits.fit_scaling_laws`.
+    fits: the dict of `analysis.sweep_fits.fit_scaling_laws`.
     path: output stem; .png and .pdf are written.
     key: the group of fits["lr_opt"] ("k=32"); default: the first with an lr sweep.
 
@@ -570,11 +456,11 @@ def plot_lr_sweep(fits: Mapping[str, Any], path: str | os.PathLike, *,
   key, entry = _first_entry(fits.get("lr_opt"), key)
   per_n = entry.get("per_n", []) if isinstance(entry, Mapping) else []
   with matplotlib.rc_context(STYLE):
-    fig, (left, right) = _figure(2)
+    fig, (left, right) = new_figure(2)
     if not per_n:
       why = entry.get("skipped") or entry.get("error") or "" if isinstance(entry, Mapping) else ""
-      _empty(left, "no lr sweep in these records")
-      _empty(right, why[:50] + ("\n" + why[50:100] if len(why) > 50 else ""))
+      empty_axes(left, "no lr sweep in these records")
+      empty_axes(right, why[:50] + ("\n" + why[50:100] if len(why) > 50 else ""))
     else:
       ns = [p["n_latents"] for p in per_n]
       norm = LogNorm(vmin=min(ns) / 1.5, vmax=max(ns) * 1.5) if len(set(ns)) == 1 else LogNorm(
@@ -587,7 +473,7 @@ def plot_lr_sweep(fits: Mapping[str, Any], path: str | os.PathLike, *,
         left.axvline(p["lr_opt"], color=color, lw=0.8, ls=":")
       left.set_xscale("log")
       left.set_yscale("log")
-      _log_axis(left.yaxis, _loss_label)
+      log_axis(left.yaxis, loss_tick_label)
       left.set_xlabel("learning rate")
       left.set_ylabel(LOSS_LABEL)
       left.legend(loc="best", ncol=2 if len(per_n) > 4 else 1)
@@ -653,7 +539,7 @@ def plot_extrapolation(fit: LawFit | Mapping[str, Any], path: str | os.PathLike,
   inside = np.geomspace(x.min(), x.max(), 100)
   beyond = np.geomspace(x.max(), x_max, 100)
   with matplotlib.rc_context(STYLE):
-    fig, ax = _figure()
+    fig, ax = new_figure()
     color = PALETTE[0]
     _band(ax, law_fit, np.concatenate([inside, beyond[1:]]), color, alpha=0.18)
     ax.plot(x, y, "o", color=color, mec="white", mew=0.6, ms=5, zorder=3, label="data")
@@ -664,9 +550,9 @@ def plot_extrapolation(fit: LawFit | Mapping[str, Any], path: str | os.PathLike,
     ax.axvline(x.max(), color="0.6", lw=0.8, ls=":")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    _log_axis(ax.xaxis, _sci, dense=False)
+    log_axis(ax.xaxis, sci_tick_label, dense=False)
     if ylabel == LOSS_LABEL:
-      _log_axis(ax.yaxis, _loss_label)
+      log_axis(ax.yaxis, loss_tick_label)
     ax.set_xlabel(xlabel or law_fit.variables.get(name, name))
     ax.set_ylabel(ylabel)
     ax.legend(loc="best")

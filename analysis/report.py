@@ -4,7 +4,7 @@
         [--filter layer=15 --filter architecture=topk] [--bootstrap 200] [--seed 0]
         [--convergence include|exclude]
 
-writes `DIR/fits.json` (see `analysis.fits.fit_scaling_laws`: every law with standard
+writes `DIR/fits.json` (see `analysis.sweep_fits.fit_scaling_laws`: every law with standard
 errors and bootstrap 95% intervals) and `DIR/plots/<stem>.{png,pdf}` for each of
 `PLOT_STEMS` (the extrapolation plots only where the law was fitted).
 """
@@ -19,10 +19,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from analysis import plots
-from analysis.fits import fit_scaling_laws
+from analysis.sweep_fits import fit_scaling_laws
 from analysis.results import load_results, matches, resolve_results_path
 from sae_jax import files
-from sae_jax.config import ConfigError
+from sae_jax.errors import ConfigError
 
 FITS_FILENAME = "fits.json"
 PLOT_STEMS = ("loss_vs_n_latents", "loss_vs_compute", "loss_vs_tokens", "fig1", "loss_vs_k",
@@ -30,13 +30,6 @@ PLOT_STEMS = ("loss_vs_n_latents", "loss_vs_compute", "loss_vs_tokens", "fig1", 
 EXTRAPOLATION_STEMS = ("extrapolation_L_N", "extrapolation_L_C")
 
 
-def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
-  """Write `obj` as JSON to `path` atomically (`sae_jax.files`); NaN is refused.
-
-  Raises:
-    TypeError / ValueError: `obj` is not JSON-serialisable (nothing is written).
-  """
-  files.atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
 
 
 ResultsArg = str | os.PathLike | Sequence[str | os.PathLike] | Sequence[Mapping[str, Any]]
@@ -100,7 +93,7 @@ def fit_sweep(results: ResultsArg, out_dir: str | os.PathLike | None = None, *,
   written = write_plots(records, fits, plot_dir, loss_key)
   fits["plots"] = [os.path.relpath(p, out_dir) for p in written]
   name = FITS_FILENAME if default else f"fits_{loss_key}.json"
-  write_json_atomic(fits, os.path.join(out_dir, name))
+  files.write_json_atomic(os.path.join(out_dir, name), fits)
   return fits
 
 

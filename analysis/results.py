@@ -8,13 +8,14 @@ The table stays a plain `list[dict]`: no dataframe dependency.
 
 from __future__ import annotations
 
-import json
+import math
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from analysis._warn import warn_caller
-from sae_jax.config import ConfigError
+from sae_jax import files
+from sae_jax.errors import ConfigError
 
 RESULTS_FILENAME = "results.jsonl"
 
@@ -38,42 +39,14 @@ def resolve_results_path(path: str | os.PathLike) -> str:
   return path
 
 
-def new_file_mode() -> int:
-  """The mode `open()` would give a new file (0o666 less the umask); mkstemp gives 0o600."""
-  umask = os.umask(0)
-  os.umask(umask)
-  return 0o666 & ~umask
-
-
 def read_jsonl(path: str) -> list[dict]:
-  """Every record of one results.jsonl, in file order.
-
-  A truncated last line (a sweep still writing) is skipped with a warning; any other
-  line that is not a JSON object raises.
+  """Every record of one results.jsonl, in file order (`sae_jax.files.read_jsonl`: a
+  truncated last line is skipped with a warning at the caller's line).
 
   Raises:
     ConfigError: a line (other than a truncated last one) is not a JSON object.
   """
-  with open(path, encoding="utf-8") as f:
-    lines = f.read().split("\n")
-  records = []
-  last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
-  for i, line in enumerate(lines):
-    if not line.strip():
-      continue
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      if i == last and i == len(lines) - 1:  # no trailing newline: a write in progress
-        warn_caller(f"{path}:{i + 1}: skipping a truncated last line ({e.msg})")
-        continue
-      raise ConfigError(f"{path}:{i + 1} is not valid JSON ({e.msg}); "
-                        f"fix or delete that line") from None
-    if not isinstance(record, dict):
-      raise ConfigError(f"{path}:{i + 1} is a JSON {type(record).__name__}, not an object; "
-                        f"each line must be one run record")
-    records.append(record)
-  return records
+  return files.read_jsonl(path, warn=warn_caller)
 
 
 def get_field(record: Mapping[str, Any], key: str) -> Any:
@@ -207,5 +180,14 @@ def _positive(record: Mapping[str, Any], *fields: str) -> bool:
   for f in fields:
     v = get_field(record, f)
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < float("inf")):
+      return False
+  return True
+
+
+def is_usable(record: Mapping[str, Any], *fields: str) -> bool:
+  """True if every named field of the record is a finite number > 0 (not a bool)."""
+  for f in fields:
+    v = record.get(f)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
       return False
   return True

@@ -22,10 +22,10 @@ from typing import Any
 import matplotlib
 import numpy as np
 
-from analysis.plots import (LOSS_LABEL, PALETTE, STYLE, _empty, _figure, _log_axis, _loss_label,
+from analysis.plot_style import (LOSS_LABEL, PALETTE, STYLE, empty_axes, new_figure, log_axis, loss_tick_label,
                             save_figure)
 from analysis.results import load_results, resolve_results_path, run_key
-from sae_jax.config import ConfigError
+from sae_jax.errors import ConfigError
 
 L0_LABEL = "L0 (active latents per token, held out)"
 MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*")
@@ -84,7 +84,7 @@ def plot_sparsity_fidelity(records: Sequence[Mapping[str, Any]], path: str | os.
   """
   curves = frontier_points(records, loss_key=loss_key)
   with matplotlib.rc_context(STYLE):
-    fig, ax = _figure()
+    fig, ax = new_figure()
     for i, (label, pts) in enumerate(curves.items()):
       l0 = np.array([r["l0"] for r in pts], dtype=float)
       y = np.array([r[loss_key] for r in pts], dtype=float)
@@ -97,11 +97,11 @@ def plot_sparsity_fidelity(records: Sequence[Mapping[str, Any]], path: str | os.
     if curves:
       ax.set_xscale("log")
       ax.set_yscale("log")
-      _log_axis(ax.xaxis, _loss_label)
-      _log_axis(ax.yaxis, _loss_label)
+      log_axis(ax.xaxis, loss_tick_label)
+      log_axis(ax.yaxis, loss_tick_label)
       ax.legend(loc="best")
     else:
-      _empty(ax, "no final records with L0 and loss")
+      empty_axes(ax, "no final records with L0 and loss")
     ax.set_xlabel(L0_LABEL)
     ax.set_ylabel(LOSS_LABEL)
     ax.set_title("sparsity–fidelity frontier", loc="left")

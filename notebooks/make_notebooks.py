@@ -129,7 +129,8 @@ results table (`SAE_JAX_NOTEBOOK_RESULTS`, default the quickstart's), then all a
 import warnings
 import numpy as np
 from analysis import load_results
-from analysis.fits import compute_frontier, fit_law, fit_scaling_laws
+from analysis.fitting import compute_frontier, fit_law
+from analysis.sweep_fits import fit_scaling_laws
 from analysis.convergence import RULE, convergence_table
 
 missing = [p for p in RESULTS if not os.path.exists(p)]
@@ -203,14 +204,15 @@ holds a one-line reason."""),
       new_code_cell("""\
 import json
 from analysis import plots
-from analysis.report import summary, write_json_atomic
+from analysis.report import summary
+from sae_jax.files import write_json_atomic
 
 with warnings.catch_warnings():
   warnings.simplefilter("ignore")
   fits = fit_scaling_laws(records, n_bootstrap=N_BOOTSTRAP)
 print(summary(fits))
 out_dir = os.path.join(OUT, "notebook_02")
-write_json_atomic(fits, os.path.join(out_dir, "fits.json"))
+write_json_atomic(os.path.join(out_dir, "fits.json"), fits)
 paths = plots.plot_loss_vs_n(records, fits, os.path.join(out_dir, "loss_vs_n_latents"))
 paths += plots.plot_extrapolation(L_C, os.path.join(out_dir, "extrapolation_L_C"), factor=100,
                                   xlabel="training compute (FLOPs)")
@@ -244,7 +246,7 @@ then drawn from whatever that table supports, and a law it cannot support says w
       new_code_cell("""\
 import warnings
 from analysis import load_results, plots
-from analysis.fits import fit_scaling_laws
+from analysis.sweep_fits import fit_scaling_laws
 from analysis.report import summary
 
 def source(env, sweep_name):
@@ -303,7 +305,7 @@ show(plots.plot_lr_sweep(fits["lr"], os.path.join(FIG_DIR, "lr_sweep")))"""),
 ## Extrapolation with confidence bands
 The fitted laws beyond the data, with the pointwise 95% band of the bootstrap refits."""),
       new_code_cell("""\
-from analysis.fits import LawFit
+from analysis.fitting import LawFit
 
 def first_fit(entries):
   for entry in entries:

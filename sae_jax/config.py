@@ -18,9 +18,7 @@ import os
 
 import ml_collections
 
-
-class ConfigError(ValueError):
-  """A configuration value a user must change; the message says which and how."""
+from sae_jax.errors import ConfigError
 
 
 def default_config() -> ml_collections.ConfigDict:

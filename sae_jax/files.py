@@ -1,15 +1,28 @@
-"""Writing files so that a failure never destroys what was there: every write goes to a
-temporary file in the target's directory, is flushed to disk, then renamed over the
-target (a rename within a directory is atomic on POSIX)."""
+"""Files, written so that a failure never destroys what was there (a leaf: imports nothing
+of the project but its errors).
+
+* `atomic_write`: the one writer. Every file the project writes goes to a temporary file
+  in the target's directory, is flushed to disk, then renamed over the target (a rename
+  within a directory is atomic on POSIX), so a reader sees the old file or the new one,
+  never half of either.
+* `write_json_atomic`, `json_safe`: JSON with one rule for non-finite numbers (they
+  become null, so every file is strict JSON that any reader parses).
+* `read_jsonl`: JSON lines, tolerating only a truncated last line (a writer still going).
+* `check_writable`, `cache_root`: where outputs and caches go.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
-from typing import Any
+import warnings
+from typing import Any, Callable, Mapping
 
-from sae_jax.config import ConfigError
+import numpy as np
+
+from sae_jax.errors import ConfigError
 
 
 def _fsync_dir(directory: str) -> None:
@@ -23,20 +36,30 @@ def _fsync_dir(directory: str) -> None:
     pass
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-  """Replace `path` with `data`, atomically; the parent directory is created if needed.
-  The new file gets the usual permissions (umask), not mkstemp's 0600."""
+def new_file_mode() -> int:
+  """The mode `open()` gives a new file (0o666 less the umask); mkstemp gives 0o600."""
+  umask = os.umask(0)
+  os.umask(umask)
+  return 0o666 & ~umask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None],
+                 mode: int | None = None) -> None:
+  """Replace `path` with what `write(tmp_path)` writes to a temporary file beside it.
+
+  The parent directory is created if needed; the new file gets `mode` (default: the
+  usual permissions under the umask, not mkstemp's 0600). If `write` raises, the target
+  is untouched and the temporary file removed.
+  """
   path = os.fspath(path)
   parent = os.path.dirname(os.path.abspath(path))
   os.makedirs(parent, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+  os.close(fd)
   try:
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
+    os.chmod(tmp, new_file_mode() if mode is None else mode)
+    write(tmp)
+    with open(tmp, "rb+") as f:
       os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(parent)
@@ -45,22 +68,98 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
       os.remove(tmp)
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any, jsonl: bool = False) -> None:
-  """Write `obj` as indented JSON, or, with jsonl, each item of `obj` on its own line.
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+  """Replace `path` with `data`, atomically (`atomic_write`)."""
 
-  Raises TypeError / ValueError if `obj` is not JSON-serialisable (nothing is written).
-  NumPy scalars are written as floats.
+  def write(tmp: str) -> None:
+    with open(tmp, "wb") as f:
+      f.write(data)
+  atomic_write(path, write)
+
+
+def json_safe(obj: Any) -> Any:
+  """`obj` with NumPy scalars and arrays as Python numbers and lists, tuples as lists,
+  mapping keys as strings, and non-finite floats (NaN, inf) as None: what JSON can hold."""
+  if isinstance(obj, Mapping):
+    return {str(k): json_safe(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [json_safe(v) for v in obj]
+  if isinstance(obj, np.ndarray):
+    return json_safe(obj.tolist())
+  if isinstance(obj, (bool, np.bool_)):
+    return bool(obj)
+  if isinstance(obj, np.integer):
+    return int(obj)
+  if isinstance(obj, (float, np.floating)):
+    return float(obj) if math.isfinite(obj) else None
+  if hasattr(obj, "__array__") and not isinstance(obj, (str, bytes)):  # e.g. a jax.Array
+    return json_safe(np.asarray(obj)[()] if np.ndim(obj) == 0 else np.asarray(obj))
+  return obj
+
+
+def dumps_json(obj: Any, indent: int | None = 1, sort_keys: bool = False) -> str:
+  """Strict JSON text of `json_safe(obj)`. Raises TypeError for an object JSON cannot hold."""
+  return json.dumps(json_safe(obj), indent=indent, sort_keys=sort_keys, allow_nan=False)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, jsonl: bool = False,
+                      sort_keys: bool = False) -> None:
+  """Write `obj` as indented JSON, or, with jsonl, each item of `obj` on its own line,
+  atomically (`atomic_write`), through `json_safe` (non-finite numbers become null).
+
+  Raises TypeError if `obj` holds something JSON cannot (nothing is written).
   """
   if jsonl:
-    text = "".join(json.dumps(rec, default=float) + "\n" for rec in obj)
+    text = "".join(dumps_json(rec, indent=None, sort_keys=sort_keys) + "\n" for rec in obj)
   else:
-    text = json.dumps(obj, indent=1, default=float) + "\n"
+    text = dumps_json(obj, sort_keys=sort_keys) + "\n"
   atomic_write_bytes(path, text.encode())
 
 
-def read_jsonl(path: str | os.PathLike) -> list:
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+def read_json(path: str | os.PathLike, default: Any = None) -> Any:
+  """The JSON in `path`, or `default` if it is missing or not valid JSON (for caches and
+  memos that are rebuilt when unreadable)."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return default
+
+
+def read_jsonl(path: str | os.PathLike, warn: Callable[[str], None] = warnings.warn) -> list[dict]:
+  """Every record of a JSON-lines file, in file order.
+
+  A truncated last line (no final newline: a writer still going) is skipped, saying so
+  through `warn`; any other line that is not a JSON object is an error.
+
+  Raises:
+    ConfigError: a line (other than a truncated last one) is not a JSON object, or the
+      file is not UTF-8; the message names the file and line.
+  """
+  path = os.fspath(path)
+  try:
+    with open(path, encoding="utf-8") as f:
+      lines = f.read().split("\n")
+  except UnicodeDecodeError as e:
+    raise ConfigError(f"{path} is not UTF-8 text (byte {e.start}); give a JSON-lines file") from None
+  records = []
+  last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+  for i, line in enumerate(lines):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      if i == last and i == len(lines) - 1:  # no trailing newline: a write in progress
+        warn(f"{path}:{i + 1}: skipping a truncated last line ({e.msg})")
+        continue
+      raise ConfigError(f"{path}:{i + 1} is not valid JSON ({e.msg}); "
+                        f"fix or delete that line") from None
+    if not isinstance(record, dict):
+      raise ConfigError(f"{path}:{i + 1} is a JSON {type(record).__name__}, not an object; "
+                        f"each line must be one record")
+    records.append(record)
+  return records
 
 
 def check_writable(directory: str, what: str = "output directory",
@@ -73,3 +172,14 @@ def check_writable(directory: str, what: str = "output directory",
       pass
   except OSError as e:
     raise ConfigError(f"cannot write to {what} {directory!r} ({e.strerror or e}); {fix}") from None
+
+
+def cache_root(cache_dir: str | None = None) -> str:
+  """Where caches live: `cache_dir` (the config's data.cache_dir), else $SAE_JAX_CACHE,
+  else $XDG_CACHE_HOME/sae_jax, else ~/.cache/sae_jax."""
+  if cache_dir:
+    return os.path.expanduser(cache_dir)
+  if os.environ.get("SAE_JAX_CACHE"):
+    return os.path.expanduser(os.environ["SAE_JAX_CACHE"])
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+  return os.path.join(base, "sae_jax")

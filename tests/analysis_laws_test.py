@@ -1,4 +1,4 @@
-"""Tests of the fitting engine `analysis.fits.fit_law` and the law registry: planted laws
+"""Tests of the fitting engine `analysis.fitting.fit_law` and the law registry: planted laws
 are recovered within 5%, the bootstrap 95% intervals cover the truth in >= 90% of
 repeated trials (fixed seeds), Gao et al. Eq. 3 is recovered, and bad designs fail with
 one actionable ConfigError."""
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from analysis import laws
-from analysis.fits import LawFit, fit_law
+from analysis.fitting import LawFit, fit_law
 from sae_jax.config import ConfigError
 
 N = 2.0 ** np.arange(3, 15)  # 8 .. 16384 n_latents, 12 values

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from analysis import convergence, optimal
-from analysis.fits import compute_frontier, fit_law, fit_scaling_laws
+from analysis.fitting import compute_frontier, fit_law
+from analysis.sweep_fits import fit_scaling_laws
 from sae_jax.config import ConfigError
 
 D_IN = 64

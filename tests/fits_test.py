@@ -1,4 +1,4 @@
-"""Tests of analysis.fits: planted laws are recovered, the frontier is the lower envelope,
+"""Tests of analysis.fitting and analysis.sweep_fits: planted laws are recovered, the frontier is the lower envelope,
 and bad inputs fail with one actionable ConfigError."""
 
 import json
@@ -7,7 +7,8 @@ import warnings
 import numpy as np
 import pytest
 
-from analysis.fits import PowerLawFit, compute_frontier, fit_power_law, fit_scaling_laws
+from analysis.fitting import PowerLawFit, compute_frontier, fit_power_law
+from analysis.sweep_fits import fit_scaling_laws
 from sae_jax.config import ConfigError
 
 A, ALPHA, C = 3.0, 0.7, 0.05

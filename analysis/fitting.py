@@ -1,4 +1,6 @@
-"""Scaling-law fits: the engine (`fit_law`) and the fits of a results table.
+"""The scaling-law fitting engine: `fit_law` for any law of `analysis.laws`, the
+compute-efficient frontier, and the older `fit_power_law`. (`analysis.sweep_fits` fits
+every law a results table supports with it.)
 
 Laws (registry in `analysis.laws`; Gao et al. 2024, Sec. 3, Fig. 1; Kaplan et al. 2020;
 Hoffmann et al. 2022; Templeton et al. 2024):
@@ -29,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -43,7 +44,8 @@ except ImportError:  # pragma: no cover
 
 from analysis import laws as laws_lib
 from analysis._warn import warn_caller
-from sae_jax.config import ConfigError
+from sae_jax.errors import ConfigError
+from sae_jax.files import json_safe
 
 LOSS_KEY = "normalized_mse"
 HUBER_DELTA = 1e-3  # Hoffmann et al. 2022, App. D.2
@@ -93,21 +95,9 @@ class PowerLawFit:
 
   def to_dict(self) -> dict[str, Any]:
     """A JSON-serialisable dict (non-finite numbers become None)."""
-    return _json_safe(dataclasses.asdict(self))
+    return json_safe(dataclasses.asdict(self))
 
 
-def _json_safe(obj: Any) -> Any:
-  if isinstance(obj, Mapping):
-    return {str(k): _json_safe(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [_json_safe(v) for v in obj]
-  if isinstance(obj, (np.integer,)):
-    return int(obj)
-  if isinstance(obj, (float, np.floating)):
-    return float(obj) if math.isfinite(obj) else None
-  if isinstance(obj, np.ndarray):
-    return _json_safe(obj.tolist())
-  return obj
 
 
 _SYMBOLS = {"n_latents": "N", "flops": "C", "tokens": "D"}
@@ -292,7 +282,7 @@ class LawFit:
 
   def to_dict(self) -> dict[str, Any]:
     """A JSON-serialisable dict (non-finite numbers become None); `from_dict` inverts it."""
-    return _json_safe(dataclasses.asdict(self))
+    return json_safe(dataclasses.asdict(self))
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> "LawFit":
@@ -575,206 +565,3 @@ def compute_frontier(flops: Sequence[float] | np.ndarray,
       keep.append(int(i))
       best = l_P[i]
   return np.asarray(keep, dtype=np.int64)
-
-
-def group_key(record: Mapping[str, Any], multi_architecture: bool = False) -> str:
-  """The key of a record's L(N) group: "k=32" (prefixed "topk, " if architectures mix)."""
-  key = f"k={record.get('k')}"
-  return f"{record.get('architecture')}, {key}" if multi_architecture else key
-
-
-def _k_sort(key: str) -> tuple:
-  value = key.rsplit("=", 1)[-1]
-  try:
-    return (key.rsplit("=", 1)[0], 0, float(value))
-  except ValueError:
-    return (key.rsplit("=", 1)[0], 1, 0.0)
-
-
-def is_usable(record: Mapping[str, Any], *fields: str) -> bool:
-  """True if every named field of the record is a finite number > 0 (not a bool)."""
-  for f in fields:
-    v = record.get(f)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-      return False
-  return True
-
-
-def _try(fn, *args, **kwargs) -> dict[str, Any]:
-  """fn(...).to_dict() (or fn(...) if a dict), or {"error": message} on a ConfigError."""
-  try:
-    out = fn(*args, **kwargs)
-  except ConfigError as e:
-    return {"error": str(e)}
-  return out.to_dict() if hasattr(out, "to_dict") else out
-
-
-def _groups(records, multi_arch):
-  groups: dict[str, list[Mapping[str, Any]]] = {}
-  for r in records:
-    groups.setdefault(group_key(r, multi_arch), []).append(r)
-  return {k: groups[k] for k in sorted(groups, key=_k_sort)}
-
-
-CONVERGENCE_POLICIES = ("include", "exclude")
-
-
-def fit_scaling_laws(records: Sequence[Mapping[str, Any]], *, loss_key: str = LOSS_KEY,
-                     convergence: str = "include", rel_tol: float = 0.05,
-                     n_bootstrap: int = 200, seed: int = 0,
-                     huber_delta: float = HUBER_DELTA) -> dict[str, Any]:
-  """Every scaling-law fit a results table supports (one sweep or several, pooled).
-
-  * ``convergence``: each run judged by the rule of `analysis.convergence` (relative
-    drop of loss over the last doubling of tokens < `rel_tol`).
-  * ``L_N``: per k (and architecture, if several), L(N) at convergence from the `final`
-    records: "power_law" and "irreducible" (Gao et al. 2024, Sec. 3.1), with the
-    unconverged runs listed in "unconverged". `convergence="include"` (default) fits them
-    too and warns; "exclude" leaves them out and warns.
-  * ``L_C``: L(C) = a * C^(-alpha) on the compute-efficient frontier of ALL evaluation
-    records (Gao et al. 2024, Fig. 1 left), the frontier points listed.
-  * ``L_NK``: Gao et al. 2024, Eq. 3 over the final records of all n_latents and k (one
-    architecture), same convergence policy as L_N.
-  * ``compute_optimal``: per k, n_latents*(C) = A C^a and tokens*(C) = B C^b
-    (`analysis.optimal.compute_optimal_allocation`; Templeton et al. 2024).
-  * ``lr_opt``: per k, lr*(n) = a n^(-alpha) where the table holds several lr per n_latents
-    (`analysis.optimal.optimal_learning_rates`); {"skipped": why} otherwise.
-
-  Each fit is `fit_law` (Huber in log space, L-BFGS-B from a grid, bootstrap 95%
-  intervals) as a dict; a fit the data cannot support holds {"error": "..."} instead, so
-  one missing law never hides the others. Records whose loss is missing, NaN, inf or <= 0
-  are left out (counted in "n_excluded", with a warning).
-
-  Args:
-    records: run records (see `analysis.results.load_results`).
-    loss_key: the loss field to fit (default "normalized_mse").
-    convergence: "include" or "exclude" unconverged runs from L_N and L_NK.
-    rel_tol: the convergence threshold of `analysis.convergence`.
-    n_bootstrap: bootstrap resamples per fit (0: no intervals).
-    seed: bootstrap seed.
-    huber_delta: Huber threshold in log-loss units (Hoffmann et al. 2022: 1e-3).
-
-  Returns:
-    A JSON-serialisable dict: {"loss", "settings", "convergence", "L_N", "L_C", "L_NK",
-    "compute_optimal", "lr_opt", "n_records", "n_runs", "n_excluded", "sweeps"}.
-
-  Raises:
-    ConfigError: `records` is empty, or `convergence` is not "include" / "exclude".
-  """
-  from analysis import convergence as convergence_lib  # pylint: disable=import-outside-toplevel
-  from analysis import optimal  # pylint: disable=import-outside-toplevel
-  from analysis.results import run_key  # pylint: disable=import-outside-toplevel
-
-  if not records:
-    raise ConfigError("no records to fit; check the results file and the filters")
-  if convergence not in CONVERGENCE_POLICIES:
-    raise ConfigError(f"convergence={convergence!r} is not one of "
-                      f"{', '.join(CONVERGENCE_POLICIES)}")
-  usable = [r for r in records if is_usable(r, loss_key)]
-  n_excluded = len(records) - len(usable)
-  if n_excluded:
-    warn_caller(f"leaving out {n_excluded} of {len(records)} records with a missing, "
-                f"non-finite or non-positive {loss_key}")
-  mixed = {(r.get("model"), r.get("layer"), r.get("d_in")) for r in records}
-  if len(mixed) > 1:
-    warn_caller(f"records mix {len(mixed)} (model, layer, d_in) combinations; fits pool "
-                f"them -- filter with model=..., layer=... for one law each")
-  archs = {r.get("architecture") for r in records}
-  multi_arch = len(archs) > 1
-  fit_kw = {"n_bootstrap": n_bootstrap, "seed": seed, "huber_delta": huber_delta}
-
-  table = convergence_lib.convergence_table(usable, loss_key=loss_key, rel_tol=rel_tol)
-  unconverged = {(t["sweep"], t["run_id"]): t for t in table if not t["converged"]}
-  finals = [r for r in usable if r.get("final") is True and is_usable(r, "n_latents")]
-  if convergence == "exclude":
-    finals = [r for r in finals if run_key(r) not in unconverged]
-
-  L_N = {}
-  with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    for key, group in _groups(finals, multi_arch).items():
-      group = sorted(group, key=lambda r: r["n_latents"])
-      x = [float(r["n_latents"]) for r in group]
-      y = [float(r[loss_key]) for r in group]
-      bad = sorted({run_key(r)[1] for r in group if run_key(r) in unconverged})
-      L_N[key] = {"k": group[0].get("k"), "architecture": group[0].get("architecture"),
-                  "n_runs": len(group), "unconverged": bad,
-                  "power_law": _try(fit_law, "power_law", x, y, variables={"x": "n_latents"},
-                                    **fit_kw),
-                  "irreducible": _try(fit_law, "power_law_irreducible", x, y,
-                                      variables={"x": "n_latents"}, **fit_kw)}
-  _rewarn(caught)
-  if not L_N and convergence == "exclude" and unconverged:
-    L_N["all"] = {"error": "no final records among converged runs: every run is unconverged "
-                           "(see fits['convergence']); train longer or use --convergence include"}
-  elif not L_N:
-    L_N["all"] = {"error": "no final records (final=true) with a usable loss; "
-                           "has any run finished its token budget?"}
-  if unconverged:
-    names = sorted(rid for _, rid in unconverged)
-    shown = ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
-    action = "left out of" if convergence == "exclude" else "included in (flagged)"
-    warn_caller(f"{len(names)} of {len(table)} runs have not converged ({shown}); "
-                f"{action} L(N) and L(n, k) -- see fits['convergence']")
-
-  evals = [r for r in usable if is_usable(r, "flops")]
-  idx = compute_frontier([r["flops"] for r in evals], [r[loss_key] for r in evals])
-  frontier = [evals[i] for i in idx]
-  L_C = _try(fit_law, "power_law", [r["flops"] for r in frontier],
-             [r[loss_key] for r in frontier], variables={"x": "flops"}, **fit_kw)
-  fields = ("sweep", "run_id", "n_latents", "k", "tokens", "step", "flops", loss_key)
-  L_C["frontier"] = [{f: r.get(f) for f in fields} for r in frontier]
-  L_C["n_eval_points"] = len(evals)
-
-  nk = [r for r in finals if is_usable(r, "k")]
-  if multi_arch:
-    L_NK = {"error": f"records mix architectures {sorted(map(str, archs))}; filter with "
-                     f"architecture=... to fit Eq. 3 to one"}
-  else:
-    L_NK = _try(fit_law, "joint_nk", {"n": [r["n_latents"] for r in nk],
-                                      "k": [r["k"] for r in nk]},
-                [r[loss_key] for r in nk], variables={"n": "n_latents", "k": "k"}, **fit_kw)
-
-  compute_opt, lr_opt = {}, {}
-  for key, group in _groups(usable, multi_arch).items():
-    compute_opt[key] = _try(optimal.compute_optimal_allocation, group, loss_key=loss_key,
-                            **fit_kw)
-    n_lrs = _lrs_per_n(group)
-    if n_lrs < 3:
-      lr_opt[key] = {"skipped": f"at most {n_lrs} learning rate(s) per n_latents; an lr "
-                                f"sweep (sweeps/lr_sweep.py) gives lr*(n)"}
-    else:
-      lr_opt[key] = _try(optimal.optimal_learning_rates, group, loss_key=loss_key, **fit_kw)
-
-  return _json_safe({
-      "loss": loss_key,
-      "settings": {"convergence": convergence, "rel_tol": rel_tol, **fit_kw},
-      "convergence": {"rule": convergence_lib.RULE.format(tol=rel_tol), "runs": table,
-                      "n_unconverged": len(unconverged)},
-      "L_N": L_N,
-      "L_C": L_C,
-      "L_NK": L_NK,
-      "compute_optimal": compute_opt,
-      "lr_opt": lr_opt,
-      "n_records": len(records),
-      "n_runs": len({run_key(r) for r in records}),
-      "n_excluded": n_excluded,
-      "sweeps": sorted({str(r.get("sweep")) for r in records}),
-  })
-
-
-def _rewarn(caught) -> None:
-  """Re-issue the distinct warnings of a block once each (bootstrap refits repeat them)."""
-  for msg in dict.fromkeys(str(w.message) for w in caught):
-    warn_caller(msg)
-
-
-def _lrs_per_n(records: Sequence[Mapping[str, Any]]) -> int:
-  """The most distinct learning rates any n_latents has among the final records."""
-  from analysis.results import get_field  # pylint: disable=import-outside-toplevel
-  lrs: dict[Any, set] = {}
-  for r in records:
-    if r.get("final") is True:
-      lr = r.get("lr", get_field(r, "config.train.lr"))
-      lrs.setdefault(r.get("n_latents"), set()).add(lr)
-  return max((len(v) for v in lrs.values()), default=0)

@@ -1,0 +1,22 @@
+"""The errors a user can act on (a leaf: imports nothing of the project).
+
+Every entry point prints these as one line, `sae-jax: error: <message>`, and exits with
+status 2; the message says what is wrong and what to change. Anything else that escapes
+is a bug in sae_jax and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+  """A configuration value or input a user must change; the message says which and how."""
+
+
+class CacheCorruptError(ConfigError):
+  """An activation-cache file is missing, truncated or does not match its recorded
+  sha256; the message names the file and how to rebuild it."""
+
+
+class TrainingDivergedError(ConfigError):
+  """The loss became NaN or inf; the message names the step and the last good checkpoint
+  (lower train.lr or check the activations)."""
