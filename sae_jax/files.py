@@ -13,6 +13,7 @@ of the project but its errors).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -160,6 +161,15 @@ def read_jsonl(path: str | os.PathLike, warn: Callable[[str], None] = warnings.w
                         f"each line must be one record")
     records.append(record)
   return records
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+  """sha256 (hex) of a file's bytes, read in chunks."""
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    while b := f.read(chunk):
+      h.update(b)
+  return h.hexdigest()
 
 
 def check_writable(directory: str, what: str = "output directory",

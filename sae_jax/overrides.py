@@ -7,7 +7,7 @@ from typing import Any, Iterable, Mapping
 
 import ml_collections
 
-from sae_jax.config import ConfigError
+from sae_jax.errors import ConfigError
 
 
 def parse(pairs: Iterable[str]) -> dict[str, Any]:

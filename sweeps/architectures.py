@@ -36,37 +36,17 @@ draws it for any table that mixes architectures).
     sae-jax sweep sweeps/architectures.py
 """
 
-from sae_jax import sae
+from sae_jax import saes
 from sweeps import quickstart
 
 N_LATENTS = 512
 COMMON_INPUT_NORM = "unit_norm"  # None: each architecture's paper's (Architecture.input_norm)
-K_GRID = (8, 16, 32, 64)
-TOPK_FAMILY = ("topk", "batchtopk", "matryoshka_batchtopk")
-# lambda grids (this codebase's units: the reconstruction term is the normalized MSE; see
-# each module's docstring for the conversion to its paper's), from high to low sparsity,
-# for unit_norm inputs ...
-LAMBDA_GRIDS = {  # calibration: lambda 0.05 gave L0 ~210-300 (jumprelu 1e-2: L0 16)
-    "relu_l1": (0.4, 0.2, 0.1, 0.05),
-    "relu_l1_unit_norm": (0.4, 0.2, 0.1, 0.05),
-    "kl": (0.4, 0.2, 0.1, 0.05),
-    "jumprelu": (1e-2, 3e-3, 1e-3, 3e-4),
-    "gated": (0.6, 0.3, 0.15, 0.075),
-}
-# ... and for mean_norm inputs (COMMON_INPUT_NORM = None); calibration: relu_l1 1e-2 ->
-# L0 47, 3e-3 -> 216; relu_l1_unit_norm 1e-2 -> 37; gated 1e-2 -> 90; jumprelu 1e-3 -> 122.
-LAMBDA_GRIDS_MEAN_NORM = {
-    "relu_l1": (4e-2, 2e-2, 1e-2, 5e-3),
-    "relu_l1_unit_norm": (4e-2, 2e-2, 1e-2, 5e-3),
-    "kl": (3.0, 1.5, 0.7, 0.3),  # kl's paper normalisation is unit_norm
-    "jumprelu": (2e-2, 8e-3, 3e-3, 1e-3),
-    "gated": (8e-2, 4e-2, 2e-2, 1e-2),
-}
-# Settings a short run needs beyond the knob (see each module's docstring): KL's target
-# mean activation for ReLU latents, and JumpReLU's starting threshold near the scale of the
-# activations (the paper's 1e-3 needs far more than 800 Adam steps to climb in log space).
-EXTRA = {"kl": {"sae.target_activation": 1e-3}}
-JUMPRELU_INITIAL_THRESHOLD = {"unit_norm": 0.05, "mean_norm": 0.5}
+# Each architecture declares its own zoo grid (four knob values, high to low sparsity, per
+# input_norm; `Architecture.zoo_grid`) and the settings a short run needs beyond the knob
+# (`Architecture.zoo_overrides`, e.g. JumpReLU's starting threshold): see its module. The
+# lambda grids come from calibration runs (n_latents 1024, 300 steps, on the first 65k
+# tokens of the cache), in this codebase's units (the reconstruction term is the
+# normalized MSE; each module's docstring gives the conversion to its paper's).
 
 
 def get_config():
@@ -79,17 +59,11 @@ def get_config():
 
 def get_sweep():
   points = []
-  for name in TOPK_FAMILY:
-    norm = COMMON_INPUT_NORM or sae.get(name).input_norm
-    for k in K_GRID:
-      points.append({"sae.architecture": name, "sae.input_norm": norm, "sae.k": k})
-  for name in LAMBDA_GRIDS:
-    norm = COMMON_INPUT_NORM or sae.get(name).input_norm
-    grid = (LAMBDA_GRIDS if norm == "unit_norm" else LAMBDA_GRIDS_MEAN_NORM)[name]
-    extra = dict(EXTRA.get(name, {}))
-    if name == "jumprelu":
-      extra["sae.initial_threshold"] = JUMPRELU_INITIAL_THRESHOLD[norm]
-    for lam in grid:
+  for arch in saes.architectures():
+    name = arch.name
+    norm = COMMON_INPUT_NORM or arch.input_norm
+    extra = dict(arch.zoo_overrides.get(norm, {}))
+    for value in arch.zoo_grid[norm]:
       points.append({"sae.architecture": name, "sae.input_norm": norm,
-                     "sae.sparsity_coefficient": lam, **extra})
+                     f"sae.{arch.knob}": value, **extra})
   return points

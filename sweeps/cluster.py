@@ -1,8 +1,5 @@
-"""Sweeps on a cluster: the plan of a sweep (FLOPs, memory and wall time per point), the
-memory check every run passes before anything starts, and submitit executors that run
-points as jobs.
+"""Sweeps as submitit jobs, locally or on SLURM.
 
-    sae-jax sweep FILE --dry-run                               # print the plan only
     sae-jax sweep FILE --executor local --group-size 2         # jobs as local processes
     sae-jax sweep FILE --executor slurm --slurm slurm_partition=gpu gpus_per_node=1 timeout_min=240
 
@@ -12,282 +9,22 @@ resubmitted skips finished points (records.json) and resumes the others from the
 checkpoints. The driver harvests the activation cache(s) before it submits anything, so
 jobs only read the cache and never race to write it; it then waits for every job and
 writes results.jsonl and the fits exactly as an inline sweep does.
-
-Memory model, per device, float32 (`estimate`): the state is params P, Adam's two moments
-2P, and the dead-latent counters; its latent-sized leaves are split over
-`train.model_parallel` shards, the rest replicated. A step adds the gradients (P) and a
-working set of [tokens per device, n_latents / shards] tensors: ACTIVATION_COPIES of
-them for a training batch (pre-activations, the code, AuxK's masked copy and code, their
-cotangents) or EVAL_COPIES for an evaluation batch of EVAL_BATCH tokens, whichever is
-larger; tokens are split over the data-parallel devices.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import os
 import time
 
-import ml_collections
 import submitit
 
-from sae_jax import config as config_lib, flops as flops_lib
-from sweeps import launch
-
-ACTIVATION_COPIES = 6  # per training token: pre, code, AuxK's masked pre and code, 2 cotangents
-EVAL_COPIES = 3  # per evaluation token: pre, code, fired
-EVAL_BATCH = 4096  # `train.evaluate`'s batch
-GiB = 2.0**30
-
-
-@dataclasses.dataclass(frozen=True)
-class PointPlan:
-  """One row of a sweep plan (bytes, FLOPs, seconds)."""
-  index: int
-  run_id: str
-  architecture: str
-  n_latents: int
-  knob: str  # "k=32" or "lam=0.01"
-  token_budget: int
-  job: int  # index of the job that runs it
-  flops: float  # training compute (`flops.training_flops`)
-  n_params: int
-  state_bytes: int  # params + Adam moments + counters, whole model
-  device_bytes: int  # per device: its shard of the state, gradients, working set
-  wall_s: float | None  # FLOPs / throughput; None when no throughput is known
-  model_parallel: int
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-  path: str
-  out: str
-  points: list[PointPlan]
-  jobs: list[list[int]]  # point indices per job
-  n_devices: int
-  device_memory: float | None  # bytes per device; None: unknown (not checked here)
-  memory_source: str
-  throughput: float | None  # FLOP/s of all devices together
-  throughput_source: str
-
-
-def device_memory(override_gb: float | None = None, n_devices: int | None = None
-                  ) -> tuple[float, str]:
-  """(bytes per device, where the number came from).
-
-  An explicit override wins; else `memory_stats()["bytes_limit"]` of the first device
-  (GPU/TPU); else the host's physical memory (os.sysconf) shared by the `n_devices`
-  CPU devices a run uses (every replica of the state lives in host memory).
-  """
-  if override_gb is not None:
-    return override_gb * GiB, "--device-memory-gb"
-  import jax
-  dev = jax.devices()[0]
-  try:
-    limit = (dev.memory_stats() or {}).get("bytes_limit")
-  except Exception:  # pylint: disable=broad-except  # backends without memory stats
-    limit = None
-  if limit:
-    return float(limit), f"{dev.device_kind} memory_stats"
-  host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-  n = max(1, n_devices or 1)
-  return host / n, f"host memory / {n} {dev.platform} device(s)"
-
-
-def measured_throughput(n_devices: int) -> tuple[float, str]:
-  """(FLOP/s of `n_devices` devices, how it was measured): the best of 3 timed float32
-  matmuls on the first device, times the device count (times 1 on CPU, whose devices
-  share the host's cores). An upper bound on what a train step reaches."""
-  import jax
-  import jax.numpy as jnp
-  dev = jax.devices()[0]
-  n = 1024 if dev.platform == "cpu" else 8192
-  a = jax.device_put(jnp.ones((n, n), jnp.float32), dev)
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  best = math.inf
-  for _ in range(3):
-    t = time.perf_counter()
-    f(a).block_until_ready()
-    best = min(best, time.perf_counter() - t)
-  per_device = 2.0 * n**3 / best
-  scale = 1 if dev.platform == "cpu" else n_devices
-  return per_device * scale, (f"measured {per_device / 1e12:.2f} TFLOP/s float32 matmul on "
-                              f"{dev.device_kind} x {scale}")
-
-
-def estimate(resolved: ml_collections.ConfigDict, d_in: int, n_devices: int) -> dict:
-  """Parameter count, whole-model state bytes and per-device bytes of one point.
-
-  The params' shapes come from the architecture's own `init` under `jax.eval_shape`
-  (nothing is allocated), so every architecture's extra params are counted.
-  """
-  import jax
-  import jax.numpy as jnp
-  from sae_jax import sae, train
-  arch = sae.get(resolved.sae.architecture)
-  n, mp = resolved.sae.n_latents, max(1, int(resolved.train.model_parallel))
-  hp = train.hyper(resolved)
-  shapes = jax.eval_shape(lambda: arch.init(jax.random.PRNGKey(0), d_in, n,
-                                            jnp.zeros((d_in,), jnp.float32), hp))
-  leaves = [tuple(s.shape) for s in jax.tree.leaves(shapes)]
-  n_params = sum(math.prod(s) for s in leaves)
-  sharded = sum(math.prod(s) for s in leaves if n in s)
-  # params + 2 Adam moments + int32 counters; sharded leaves split over mp
-  state_bytes = 4 * (3 * n_params + n)
-  state_dev = 4 * (3 * (sharded / mp + (n_params - sharded)) + n / mp)
-  grads_dev = 4 * (sharded / mp + (n_params - sharded))
-  n_data = max(1, n_devices // mp)
-  train_tokens, eval_tokens = resolved.train.batch_size / n_data, EVAL_BATCH / n_data
-  work_dev = 4 * max(train_tokens * (ACTIVATION_COPIES * n / mp + 2 * d_in),
-                     eval_tokens * (EVAL_COPIES * n / mp + 2 * d_in))
-  return {"n_params": n_params, "state_bytes": int(state_bytes),
-          "device_bytes": int(state_dev + grads_dev + work_dev)}
-
-
-def _d_in(cfg: ml_collections.ConfigDict, memo: dict) -> int:
-  """d_in of a config's activations without loading the LM: the generator's d_in for a
-  synthetic source, else d_model from the model's config (`lm.describe_lm`, memoised on
-  disk), the width of the residual stream."""
-  if cfg.data.get("source", "lm") == "synthetic":
-    return int(cfg.data.generator.d_in)
-  key = (cfg.data.model, config_lib.cache_root(cfg))
-  if key not in memo:
-    from sae_jax import lm
-    memo[key] = lm.describe_lm(*key)["d_model"]
-  return memo[key]
-
-
-def _knob(resolved) -> str:
-  if resolved.sae.k is not None:
-    return f"k={resolved.sae.k}"
-  return f"lam={resolved.sae.sparsity_coefficient:g}"
-
-
-def groups(n_points: int, group_size: int) -> list[list[int]]:
-  """Consecutive point indices, `group_size` per job. Raises ConfigError if < 1."""
-  if group_size < 1:
-    raise config_lib.ConfigError(f"--group-size={group_size} must be at least 1")
-  return [list(range(i, min(n_points, i + group_size))) for i in range(0, n_points, group_size)]
-
-
-def plan(path: str, cli_overrides: dict | None = None, group_size: int = 1,
-         device_memory_gb: float | None = None, device_flops: float | None = None,
-         n_devices: int | None = None, only: list[int] | None = None,
-         measure: bool = False, elsewhere: bool = False) -> Plan:
-  """The plan of a sweep: per point its run id, FLOPs, memory and (if a throughput is
-  given or `measure`) wall time, and the grouping into jobs. Harvests nothing, loads no
-  LM, creates no directory.
-
-  Args:
-    device_memory_gb: per-device memory; default: of this process's devices
-      (`device_memory`), or unknown (not checked here) when `elsewhere`.
-    device_flops: FLOP/s of ONE device; default: measured if `measure`, else unknown.
-    n_devices: devices a point trains on when train.n_devices is unset; default: this
-      process's.
-    only: plan only these point indices.
-    elsewhere: the points run on other machines (SLURM), not on this process's devices.
-
-  Raises:
-    ConfigError: a bad sweep file or point.
-  """
-  import jax
-  base, points, configs = launch.prepare(path, cli_overrides)
-  jobs = groups(len(points), group_size)
-  job_of = {i: j for j, idx in enumerate(jobs) for i in idx}
-  n_dev = n_devices or len(jax.devices())
-  if device_memory_gb is None and elsewhere:
-    mem, mem_src = None, "not checked here: pass --device-memory-gb; each job checks its own"
-  else:
-    mem, mem_src = device_memory(device_memory_gb, n_dev)
-  if device_flops is not None:
-    tput, tput_src = device_flops * n_dev, f"--device-flops {device_flops:.3g} x {n_dev} devices"
-  elif measure:
-    tput, tput_src = measured_throughput(n_dev)
-  else:
-    tput, tput_src = None, "not estimated"
-  memo: dict = {}
-  rows = []
-  for i in (range(len(points)) if only is None else only):
-    d_in = _d_in(configs[i], memo)
-    resolved = config_lib.resolve(configs[i], d_in)
-    n_run = resolved.train.n_devices or n_dev
-    e = estimate(resolved, d_in, n_run)
-    f = flops_lib.training_flops(d_in, resolved.sae.n_latents, resolved.train.token_budget)
-    rows.append(PointPlan(
-        index=i, run_id=launch.run_id(points[i], resolved),
-        architecture=resolved.sae.architecture, n_latents=resolved.sae.n_latents,
-        knob=_knob(resolved), token_budget=resolved.train.token_budget, job=job_of[i],
-        flops=f, n_params=e["n_params"], state_bytes=e["state_bytes"],
-        device_bytes=e["device_bytes"], wall_s=None if tput is None else f / tput,
-        model_parallel=int(resolved.train.model_parallel)))
-  return Plan(path=path, out=os.path.join(base.out_dir, base.name), points=rows, jobs=jobs,
-              n_devices=n_dev, device_memory=mem, memory_source=mem_src, throughput=tput,
-              throughput_source=tput_src)
-
-
-def check_fits(p: Plan) -> None:
-  """Refuse a plan with a point whose per-device memory exceeds the device's.
-
-  Raises:
-    ConfigError: one line with the point and the numbers.
-  """
-  if p.device_memory is None:
-    return
-  for pt in p.points:
-    if pt.device_bytes > p.device_memory:
-      raise config_lib.ConfigError(
-          f"point {pt.run_id}: {pt.device_bytes / GiB:.3g} GiB per device (parameters + Adam state "
-          f"{pt.state_bytes / pt.model_parallel / GiB:.3g} GiB over train.model_parallel="
-          f"{pt.model_parallel} shards, plus gradients and step activations) exceeds the "
-          f"{p.device_memory / GiB:.3g} GiB device memory ({p.memory_source}); raise "
-          f"train.model_parallel, lower n_latents or train.batch_size")
-
-
-def _duration(s: float | None) -> str:
-  if s is None:
-    return "-"
-  if s < 120:
-    return f"{s:.1f} s"
-  if s < 7200:
-    return f"{s / 60:.1f} min"
-  return f"{s / 3600:.1f} h"
-
-
-def format_plan(p: Plan, executor: str) -> str:
-  """The dry-run table: one row per point, then the totals and the assumptions."""
-  head = ("#", "run_id", "arch", "n_latents", "sparsity", "tokens", "job", "FLOPs",
-          "params+Adam GiB", "per-device GiB", "est. wall")
-  rows = [(str(pt.index), pt.run_id, pt.architecture, str(pt.n_latents), pt.knob,
-           f"{pt.token_budget:,}", str(pt.job) if executor != "inline" else "-",
-           f"{pt.flops:.3g}", f"{pt.state_bytes / GiB:.3f}",
-           f"{pt.device_bytes / GiB:.3f}" + (" !" if p.device_memory is not None and
-                                              pt.device_bytes > p.device_memory else ""),
-           _duration(pt.wall_s)) for pt in p.points]
-  widths = [max(len(r[c]) for r in rows + [head]) for c in range(len(head))]
-  line = lambda r: "  ".join(v.ljust(w) if c < 3 else v.rjust(w)  # noqa: E731
-                             for c, (v, w) in enumerate(zip(r, widths)))
-  total_f = sum(pt.flops for pt in p.points)
-  walls = [pt.wall_s for pt in p.points if pt.wall_s is not None]
-  jobs = ("inline: every point in this process, in order" if executor == "inline" else
-          f"{len(p.jobs)} {executor} job(s) of up to {max(map(len, p.jobs))} point(s)")
-  mem = ("unknown" if p.device_memory is None else f"{p.device_memory / GiB:.2f} GiB")
-  out = [f"sweep {p.path} -> {p.out}", line(head), *(line(r) for r in rows), "",
-         f"{len(p.points)} points; {jobs}; {total_f:.3g} FLOPs in all"
-         + (f", about {_duration(sum(walls))} of training" if walls else ""),
-         f"devices per point: {p.n_devices} (train.n_devices unset: all visible); device memory "
-         f"{mem} ({p.memory_source})",
-         f"wall time = FLOPs / throughput, throughput {p.throughput_source}"
-         + (f" = {p.throughput / 1e12:.3g} TFLOP/s" if p.throughput else "")
-         + "; a lower bound: TopK, AuxK, evaluation and reading are not counted",
-         "memory = params + 2 Adam moments (float32; latent leaves split over "
-         "train.model_parallel) + gradients + step working set; ' !' = does not fit"]
-  return "\n".join(out)
-
-
-# ------------------------------------------------------------------------ executors
+from sae_jax import files
+from sae_jax.data import harvest
+from sae_jax.errors import ConfigError
+from sae_jax.training import distributed
+from sweeps import launch, plan as plan_lib
+from sweeps import points as points_lib
 
 
 def parse_params(items: list[str]) -> dict:
@@ -295,7 +32,7 @@ def parse_params(items: list[str]) -> dict:
   out = {}
   for item in items or []:
     if "=" not in item:
-      raise config_lib.ConfigError(f"--slurm {item!r} is not KEY=VALUE (e.g. slurm_partition=gpu)")
+      raise ConfigError(f"--slurm {item!r} is not KEY=VALUE (e.g. slurm_partition=gpu)")
     k, v = item.split("=", 1)
     for cast in (int, float):
       try:
@@ -320,7 +57,6 @@ class PointsJob(submitit.helpers.Checkpointable):
     self.path, self.indices, self.cli_overrides = os.path.abspath(path), list(indices), dict(cli_overrides)
 
   def __call__(self) -> list[str]:
-    from sae_jax import distributed
     distributed.initialize()  # several SLURM tasks per job: one jax.distributed run
     records = launch.run_points(self.path, self.indices, self.cli_overrides, progress=False)
     return [r[-1]["run_id"] if r else "" for r in records]
@@ -351,11 +87,11 @@ def make_executor(kind: str, folder: str, params: dict | None = None):
     ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
     params.setdefault("name", "sae-jax")
   else:
-    raise config_lib.ConfigError(f"--executor {kind!r} is not one of inline, local, slurm")
+    raise ConfigError(f"--executor {kind!r} is not one of inline, local, slurm")
   try:
     ex.update_parameters(**params)
   except (ValueError, TypeError) as e:
-    raise config_lib.ConfigError(f"submitit parameters {params}: {e}".replace("\n", " ")) from None
+    raise ConfigError(f"submitit parameters {params}: {e}".replace("\n", " ")) from None
   return ex
 
 
@@ -373,19 +109,18 @@ def run_sweep_jobs(path: str, cli_overrides: dict | None, executor: str, group_s
     ConfigError: a bad point, a point that does not fit device memory, or failed jobs
       (the message names the first and where its log is; rerun to resume).
   """
-  from sae_jax import activations
   cli_overrides = dict(cli_overrides or {})
-  base, points, configs = launch.prepare(path, cli_overrides)
-  p = plan(path, cli_overrides, group_size, device_memory_gb, elsewhere=executor == "slurm",
+  base, points, configs = points_lib.prepare(path, cli_overrides)
+  p = plan_lib.plan(path, cli_overrides, group_size, device_memory_gb, elsewhere=executor == "slurm",
            n_devices=job_devices(executor, params))
-  check_fits(p)
+  plan_lib.check_fits(p)
   out = p.out
-  launch.check_writable(out)
+  files.check_writable(out)
   caches: dict = {}
   for cfg in configs:  # harvest here, once, so jobs only read (synthetic: made in each job)
     key = json.dumps(cfg.data.to_dict(), sort_keys=True, default=str) + str(cfg.seed)
     if key not in caches and cfg.data.get("source", "lm") == "lm":
-      caches[key] = activations.get_or_harvest(cfg, progress=progress)
+      caches[key] = harvest.get_or_harvest(cfg, progress=progress)
   folder = os.path.join(out, "submitit", "%j")
   ex = make_executor(executor, folder, params)
   with ex.batch():  # one job array on SLURM
@@ -403,7 +138,7 @@ def run_sweep_jobs(path: str, cli_overrides: dict | None, executor: str, group_s
       failed.append((job, idx, last[-1] if last else type(e).__name__))
   if failed:
     job, idx, why = failed[0]
-    raise config_lib.ConfigError(
+    raise ConfigError(
         f"{len(failed)} of {len(jobs)} job(s) failed; first: job {job.job_id} (points {idx}): "
         f"{why}; log in {job.paths.stderr}; rerun the same command to resume")
   results = []

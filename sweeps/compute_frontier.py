@@ -11,7 +11,7 @@ k = 32 with n_latents in {128, ..., 4096} (6 runs), each trained long -- 8 epoch
 so every run's loss-vs-compute curve spans the compute range where the others are best.
 
 Run time on a 2-core CPU, measured with the quickstart's cache present: 14 min 11 s (one
-data pass for all 6 SAEs, 6,400 steps, with the sparse step of `sae_jax.sparse`). Add
+data pass for all 6 SAEs, 6,400 steps, with the sparse step of `sae_jax.saes.sparse`). Add
 ~5 min of harvest without the cache. What it found: L(C) = 7.4 C^(-0.124), 95% interval
 of the exponent [0.120, 0.130] over 45 frontier points; n_latents*(C) ~ C^0.49 [0.48,
 0.50] and tokens*(C) ~ C^0.51 [0.50, 0.52] from 8 interior compute levels. So at this

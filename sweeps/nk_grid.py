@@ -11,7 +11,7 @@ judged per run by the rule of `analysis.convergence` (loss drop < 5% over the la
 doubling of tokens); runs that have not converged are listed in fits.json.
 
 Run time on a 2-core CPU, measured with the quickstart's cache present: 22 min 14 s (three
-data passes of 8, 8 and 4 SAEs with the sparse step of `sae_jax.sparse`). Add ~5 min of
+data passes of 8, 8 and 4 SAEs with the sparse step of `sae_jax.saes.sparse`). Add ~5 min of
 harvest without the cache. What it found: normalized MSE from 0.357 (n 256, k 8) to 0.125
 (n 4096, k 64); L(N) = a N^(-alpha) with alpha = 0.14, 0.17, 0.19, 0.14 for k = 8, 16, 32,
 64 (95% intervals about +/- 0.03). Four runs have not converged by the rule (n 4096 at

@@ -11,7 +11,7 @@ import pytest
 
 from analysis import laws
 from analysis.fitting import LawFit, fit_law
-from sae_jax.config import ConfigError
+from sae_jax.errors import ConfigError
 
 N = 2.0 ** np.arange(3, 15)  # 8 .. 16384 n_latents, 12 values
 A, ALPHA, C = 3.0, 0.7, 0.05  # L(N) = A N^-ALPHA + C: the power-law part spans 100x .. 0.1x C

@@ -12,7 +12,7 @@ import pytest
 from analysis import convergence, optimal
 from analysis.fitting import compute_frontier, fit_law
 from analysis.sweep_fits import fit_scaling_laws
-from sae_jax.config import ConfigError
+from sae_jax.errors import ConfigError
 
 D_IN = 64
 ALPHA_N, BETA_D = 0.35, 0.7  # L(n, D) = 2 n^-0.35 + 30 D^-0.7: a Chinchilla-form planted law

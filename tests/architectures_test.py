@@ -1,23 +1,28 @@
 """The SAE zoo: each architecture's defining math, and the interface every one of them
 implements (shapes, a finite loss, training under the real trainer, the sparsity knob)."""
 
+import importlib
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from train_test import _source
 
-from sae_jax import (batchtopk, config, gated, jumprelu, kl, matryoshka, overrides,
-                     relu_l1, relu_l1_unit_norm, sae, train)
+from sae_jax import config, overrides, saes
+from sae_jax.saes import (base, batchtopk, gated, jumprelu, kl, matryoshka, relu_l1,
+                          relu_l1_unit_norm)
+from sae_jax.training import trainer
 
 ALL = ["topk", "batchtopk", "matryoshka_batchtopk", "relu_l1", "relu_l1_unit_norm", "kl",
        "jumprelu", "gated"]
 D, N, B = 16, 64, 32
 
 
-def _hp(arch: sae.Architecture, **kw) -> sae.Hyper:
+def _hp(arch: saes.Architecture, **kw) -> saes.Hyper:
   knob = {"k": 4} if arch.knob == "k" else {"sparsity_coefficient": 0.05}
-  return sae.Hyper(n_latents=N, **{**knob, "k_aux": 8, **kw})
+  return arch.hyper(n_latents=N, **{**knob, "k_aux": 8, **kw})
 
 
 def _x(seed=1, batch=B):
@@ -28,19 +33,19 @@ def _x(seed=1, batch=B):
 
 
 def test_registry_holds_every_architecture_and_unknown_names_list_them():
-  assert sorted(ALL) == sae.names()
+  assert sorted(ALL) == saes.names()
   with pytest.raises(config.ConfigError, match="unknown architecture 'vanilla'; known: batchtopk, "
                      "gated, jumprelu, kl, matryoshka_batchtopk, relu_l1, relu_l1_unit_norm, topk"):
-    sae.get("vanilla")
+    saes.get("vanilla")
   for name in ALL:
-    arch = sae.get(name)
+    arch = saes.get(name)
     assert arch.name == name and arch.paper and arch.knob in ("k", "sparsity_coefficient")
     assert arch.input_norm in ("unit_norm", "mean_norm", "none")
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_shapes_and_a_finite_loss(name):
-  arch = sae.get(name)
+  arch = saes.get(name)
   hp = _hp(arch)
   b_pre = jnp.full((D,), 0.5)
   params = arch.init(jax.random.PRNGKey(0), D, N, b_pre, hp)
@@ -66,7 +71,7 @@ def test_shapes_and_a_finite_loss(name):
 
 @pytest.mark.parametrize("name", ALL)
 def test_trainer_steps_lower_the_loss(name, tmp_path):
-  arch = sae.get(name)
+  arch = saes.get(name)
   c = config.default_config()
   c.sae.architecture = name
   c.sae.n_latents = 128
@@ -81,7 +86,7 @@ def test_trainer_steps_lower_the_loss(name, tmp_path):
   c.train.n_eval_points = 2
   c.train.first_eval_fraction = 1 / 32
   c.train.n_devices = 1
-  records = train.train(c, _source(), str(tmp_path), progress=False)
+  records = trainer.train(c, _source(), str(tmp_path), progress=False)
   first, last = records[0], records[-1]
   assert last["final"] and last["architecture"] == name
   assert last["normalized_mse"] < first["normalized_mse"]
@@ -91,7 +96,7 @@ def test_trainer_steps_lower_the_loss(name, tmp_path):
 
 @pytest.mark.parametrize("name", ALL)
 def test_the_knob_that_does_not_apply_is_an_error(name):
-  arch = sae.get(name)
+  arch = saes.get(name)
   wrong = {"sae.sparsity_coefficient": 0.1} if arch.knob == "k" else {"sae.k": 8}
   c = overrides.apply(config.default_config(), {"sae.architecture": name, **wrong})
   with pytest.raises(config.ConfigError, match=f"does not apply to {name} .*its sparsity knob is "
@@ -180,7 +185,7 @@ def test_each_matryoshka_prefix_loss_is_that_prefix_alone():
   by_hand = []
   for m in (4, 16, N):
     small = {"W_dec": params["W_dec"][:m], "b_pre": params["b_pre"]}  # a dictionary of m latents
-    x_hat = sae.decode(small, z[:, :m])
+    x_hat = base.decode(small, z[:, :m])
     by_hand.append(float(jnp.sum((x - x_hat) ** 2) / (B * var)))
   got = np.asarray(matryoshka.prefix_losses(params, x, z, (4, 16, N), var))
   np.testing.assert_allclose(got, by_hand, rtol=1e-5)
@@ -195,11 +200,11 @@ def test_each_matryoshka_prefix_loss_is_that_prefix_alone():
 
 
 def test_matryoshka_prefixes_default_and_validation():
-  assert matryoshka.prefixes(1024, sae.Hyper(n_latents=1024)) == (16, 64, 256, 1024)
-  assert matryoshka.prefixes(8, sae.Hyper(n_latents=8)) == (1, 2, 8)
+  assert matryoshka.prefixes(1024, matryoshka.Hyper(n_latents=1024)) == (16, 64, 256, 1024)
+  assert matryoshka.prefixes(8, matryoshka.Hyper(n_latents=8)) == (1, 2, 8)
   for bad in ((16, 8, 64), (8, 32), (0, 64)):
     with pytest.raises(config.ConfigError, match="sae.prefixes=.* must be strictly ascending"):
-      matryoshka.prefixes(64, sae.Hyper(n_latents=64, prefixes=bad))
+      matryoshka.prefixes(64, matryoshka.Hyper(n_latents=64, prefixes=bad))
 
 
 # ---------------------------------------------------------------- JumpReLU
@@ -229,7 +234,7 @@ def test_jumprelu_pseudo_derivatives_are_the_papers():
 
 
 def test_jumprelu_gradient_wrt_x_is_the_ordinary_one_and_l0_trains_only_thresholds():
-  hp = sae.Hyper(n_latents=N, sparsity_coefficient=0.1, initial_threshold=0.3, bandwidth=0.5)
+  hp = jumprelu.Hyper(n_latents=N, sparsity_coefficient=0.1, initial_threshold=0.3, bandwidth=0.5)
   params = jumprelu.init(jax.random.PRNGKey(0), D, N, None, hp)
   np.testing.assert_allclose(jumprelu.threshold(params), 0.3, rtol=1e-6)
   x = _x()
@@ -251,7 +256,7 @@ def test_jumprelu_gradient_wrt_x_is_the_ordinary_one_and_l0_trains_only_threshol
 
 def test_jumprelu_initial_threshold_must_be_positive():
   with pytest.raises(ValueError, match="initial_threshold=0.0 must be positive"):
-    jumprelu.init(jax.random.PRNGKey(0), D, N, None, sae.Hyper(n_latents=N, initial_threshold=0.0))
+    jumprelu.init(jax.random.PRNGKey(0), D, N, None, jumprelu.Hyper(n_latents=N, initial_threshold=0.0))
 
 
 # ---------------------------------------------------------------- Gated
@@ -367,7 +372,25 @@ def test_architectures_sweep_covers_the_zoo_and_every_point_resolves():
   by_arch = {}
   for p in points:
     c = config.resolve(overrides.apply(base, p), d_in=576)  # the knob rule holds for each
-    by_arch.setdefault(c.sae.architecture, set()).add(c.sae[sae.get(c.sae.architecture).knob])
-  assert sorted(by_arch) == sae.names()
+    by_arch.setdefault(c.sae.architecture, set()).add(c.sae[saes.get(c.sae.architecture).knob])
+  assert sorted(by_arch) == saes.names()
   assert all(len(v) >= 3 for v in by_arch.values())  # several sparsities per architecture
   assert len({overrides.apply(base, p).sae.input_norm for p in points}) == 1  # one nMSE space
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_architecture_exposes_the_same_interface(name):
+  """The interface of `sae_jax.saes.base`: every module (TopK included) has the five
+  functions under the same names, with the same parameter names, and its ARCH uses them."""
+  arch = saes.get(name)
+  module = importlib.import_module("sae_jax.saes." + {"matryoshka_batchtopk": "matryoshka"}.get(name, name))
+  expected = {"init": ["key", "d_in", "n_latents", "b_pre_D", "hp"],
+              "init_extras": ["n_latents", "hp"],
+              "encode": ["params", "x_BxD", "extras", "hp"],
+              "decode": ["params", "z_BxN"],
+              "loss": ["params", "x_BxD", "extras", "hp", "variance", "dead_N"]}
+  for fn, params in expected.items():
+    assert list(inspect.signature(getattr(module, fn)).parameters) == params, (name, fn)
+    assert getattr(arch, fn) is getattr(module, fn), (name, fn)
+  assert issubclass(arch.hyper, saes.Hyper) and arch.hyper is module.Hyper
+  assert arch.fields() and arch.knob in {f.name for f in arch.fields()}

@@ -12,8 +12,9 @@ import sys
 import pytest
 from sweep_test import _records  # results.jsonl without wall time and out_dir
 
-from sae_jax import activations, cli, lm
-from sweeps import cluster
+from sae_jax import cli
+from sae_jax.data import harvest, lm
+from sweeps import plan
 
 pytestmark = pytest.mark.real_model
 
@@ -77,7 +78,7 @@ def _no_lm(monkeypatch):
   def refuse(*a, **k):
     raise AssertionError("the LM was loaded or activations harvested")
   monkeypatch.setattr(lm, "load_lm", refuse)
-  monkeypatch.setattr(activations, "get_or_harvest", refuse)
+  monkeypatch.setattr(harvest, "get_or_harvest", refuse)
 
 
 def test_dry_run_plans_every_point_and_touches_nothing(sweep, tmp_path, capsys, monkeypatch):
@@ -88,7 +89,7 @@ def test_dry_run_plans_every_point_and_touches_nothing(sweep, tmp_path, capsys, 
                  "--set", f"out_dir={out}", f"data.cache_dir={cache}"])
   text = capsys.readouterr().out
   assert rc == 0, text
-  p = cluster.plan(path, {"out_dir": str(out)}, group_size=2)
+  p = plan.plan(path, {"out_dir": str(out)}, group_size=2)
   assert [pt.n_latents for pt in p.points] == [32, 64, 128]
   assert p.jobs == [[0, 1], [2]]
   for pt in p.points:

@@ -6,8 +6,9 @@ import re
 import numpy as np
 import pytest
 
-from sae_jax import config, corpus
-from sae_jax.config import ConfigError
+from sae_jax import config
+from sae_jax.data import corpus
+from sae_jax.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 
 from analysis.fitting import PowerLawFit, compute_frontier, fit_power_law
 from analysis.sweep_fits import fit_scaling_laws
-from sae_jax.config import ConfigError
+from sae_jax.errors import ConfigError
 
 A, ALPHA, C = 3.0, 0.7, 0.05
 N = 2.0 ** np.arange(3, 13)  # 8 .. 4096: a*N^-alpha spans 14x c down to 0.2x c

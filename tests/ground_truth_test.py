@@ -8,8 +8,12 @@ import time
 import numpy as np
 import pytest
 
-from sae_jax import checkpoint, config, ground_truth, synthetic, topk, train
-from sae_jax.config import ConfigError
+from sae_jax import config
+from sae_jax.data import synthetic
+from sae_jax.evals import ground_truth
+from sae_jax.saes import topk
+from sae_jax.training import checkpoint, trainer
+from sae_jax.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -127,12 +131,12 @@ def test_topk_recovers_the_true_features(tmp_path):
   c.train.n_eval_points = 1
   c.train.checkpoint_every_steps = 10**6
   c.train.n_devices = 1
-  train.train(c, source, str(tmp_path), progress=False)
+  trainer.train(c, source, str(tmp_path), progress=False)
   state, _ = checkpoint.Checkpointer(str(tmp_path / "checkpoints")).restore_untyped()
   params = state["params"]
   rows = np.arange(source.n_tokens("eval"))
   x = source.read("eval", rows)
-  z = np.asarray(topk.encode(params, x, c.sae.k))
+  z = np.asarray(topk.encode_topk(params, x, c.sae.k))
   x_hat = np.asarray(topk.decode(params, z))
   m = ground_truth.evaluate_against_truth(np.asarray(params["W_dec"]), z, x, x_hat,
                                           source.true_directions_FxD,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from sae_jax import interchange
-from sae_jax.config import ConfigError
+from sae_jax.tools import interchange
+from sae_jax.errors import ConfigError
 
 D, N, K = 48, 96, 6
 

@@ -5,8 +5,8 @@ import importlib.util
 import pytest
 import torch
 
-from sae_jax import corpus, lm
-from sae_jax.config import ConfigError
+from sae_jax.data import corpus, lm
+from sae_jax.errors import ConfigError
 
 
 def test_unknown_model_is_one_line_config_error(monkeypatch, tmp_path):

@@ -9,20 +9,20 @@ import sys
 
 import numpy as np
 
-from sae_jax import checkpoint
+from sae_jax.training import checkpoint
 
 WORKER = r'''
 import json, os, sys
 sys.path.insert(0, {tests!r})
-from sae_jax import distributed
+from sae_jax.training import distributed
 multi = distributed.initialize()
 import jax
-from sae_jax import train
+from sae_jax.training import trainer
 from train_test import _config, _source
 
 c = _config(n_devices=None)
 c.train.token_budget = 2048
-records = train.train(c, _source(), {run_dir!r}, progress=False)
+records = trainer.train(c, _source(), {run_dir!r}, progress=False)
 if distributed.is_primary():
   with open({out!r}, "w") as f:
     json.dump({{"records": records, "processes": jax.process_count(),

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sae_jax import geometric_median as gm, optimizer, topk
+from sae_jax.saes import geometric_median as gm, topk
+from sae_jax.training import optimizer
 
 
 def test_parallel_component_removed():
@@ -31,7 +32,7 @@ def test_decoder_rows_unit_norm_after_a_step():
   x = jax.random.normal(jax.random.PRNGKey(1), (64, 8))
   opt = optimizer.make(1e-2)
   state = opt.init(params)
-  g = jax.grad(lambda p: topk.loss(p, x, k=4).loss)(params)
+  g = jax.grad(lambda p: topk.dense_loss(p, x, k=4).loss)(params)
   updates, _ = opt.update(g, state, params)
   stepped = optax.apply_updates(params, updates)
   assert np.abs(np.linalg.norm(stepped["W_dec"], axis=1) - 1).max() > 1e-6  # moved off the sphere

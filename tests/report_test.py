@@ -9,7 +9,7 @@ import pytest
 
 from analysis import fit_sweep, load_results
 from analysis.report import EXTRAPOLATION_STEMS, PLOT_STEMS, main
-from sae_jax.config import ConfigError
+from sae_jax.errors import ConfigError
 
 D_IN = 64
 ALPHA_N = 0.5  # planted L(N) exponent

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from sae_jax import checkpoint, config, sharding, train
+from sae_jax import config
+from sae_jax.training import checkpoint, sharding, trainer
 from train_test import _config, _source
 
 MESHES = [(8, 1), (4, 2), (2, 4), (1, 8)]
@@ -38,7 +39,7 @@ def _final(tmp_path, name, architecture="topk", **train_kw):
   c.sae.architecture = architecture
   if architecture == "jumprelu":
     c.sae.k = None
-  records = train.train(c, _source(), str(tmp_path / name), progress=False)
+  records = trainer.train(c, _source(), str(tmp_path / name), progress=False)
   state, _ = checkpoint.Checkpointer(str(tmp_path / name / "checkpoints")).restore_untyped()
   return records, state
 
@@ -75,4 +76,4 @@ def test_bad_mesh_is_an_error(tmp_path):
   c = _config(n_devices=8, model_parallel=8)
   c.sae.n_latents = 100
   with pytest.raises(config.ConfigError, match="does not split over 8 latent shards"):
-    train.train(c, _source(), str(tmp_path), progress=False)
+    trainer.train(c, _source(), str(tmp_path), progress=False)

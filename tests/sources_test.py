@@ -3,7 +3,9 @@ records then carry the metrics against the true features."""
 
 import pytest
 
-from sae_jax import config, overrides, sources, synthetic, train
+from sae_jax import config, evals, overrides
+from sae_jax.data import sources, synthetic
+from sae_jax.training import trainer
 
 
 def test_synthetic_source_runs_and_scores_against_truth(tmp_path):
@@ -14,7 +16,8 @@ def test_synthetic_source_runs_and_scores_against_truth(tmp_path):
       "train.lr": 5e-3, "train.n_devices": 1, "train.n_eval_points": 2})
   source = sources.get_source(c)
   assert isinstance(source, synthetic.SyntheticSource) and source.d_in == 32
-  records = train.train(c, source, str(tmp_path), progress=False)
+  records = trainer.train(c, source, str(tmp_path), progress=False,
+                          evaluators=evals.TRAINING_EVALUATORS)
   last = records[-1]
   for key in ("truth_mmcs", "truth_mcc", "truth_f1", "truth_uniqueness", "truth_explained_variance"):
     assert 0 <= last[key] <= 1, key

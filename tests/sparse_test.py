@@ -1,4 +1,4 @@
-"""The sparse TopK step (`sae_jax.sparse`): every op in both implementations equals a float64
+"""The sparse TopK step (`sae_jax.saes.sparse`): every op in both implementations equals a float64
 numpy reference, and the sparse loss, gradients and train steps equal the dense autodiff
 reference, AuxK and Multi-TopK included."""
 
@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 from train_test import _config, _source
 
-from sae_jax import batchtopk, config, data, optimizer, sae, sparse, topk, train
+from sae_jax import config
+from sae_jax.data import batches
+from sae_jax.saes import batchtopk, sparse, topk
+from sae_jax.training import optimizer, sharding, step, trainer
 
 IMPLS = ["xla", "cpu_kernels"]
 
@@ -132,8 +135,8 @@ def test_sparse_loss_and_gradients_equal_the_dense_reference(impl, multi_topk):
   def f(loss_fn, **extra):
     return jax.value_and_grad(lambda p: loss_fn(p, x, **kw, **extra).loss)(params)
 
-  (l_dense, g_dense), (l_sparse, g_sparse) = f(topk.loss), f(topk.sparse_loss, impl=impl)
-  out_dense = topk.loss(params, x, **kw)
+  (l_dense, g_dense), (l_sparse, g_sparse) = f(topk.dense_loss), f(topk.sparse_loss, impl=impl)
+  out_dense = topk.dense_loss(params, x, **kw)
   out_sparse = topk.sparse_loss(params, x, **kw, impl=impl)
   assert float(out_dense.aux_loss) > 0  # AuxK is on: some latents are dead
   np.testing.assert_allclose(l_sparse, l_dense, rtol=1e-5)
@@ -148,7 +151,7 @@ def test_sparse_loss_and_gradients_equal_the_dense_reference(impl, multi_topk):
 def test_batchtopk_sparse_loss_and_gradients_equal_the_dense_reference(impl):
   params, x, dead = _topk_problem(seed=1)
   extras = {"threshold": jnp.asarray(0.2, jnp.float32)}
-  hp = sae.Hyper(n_latents=params["b_enc"].shape[0], k=6, k_aux=12)
+  hp = batchtopk.Hyper(n_latents=params["b_enc"].shape[0], k=6, k_aux=12)
   hp_sparse = dataclasses.replace(hp, sparse_impl=impl)
 
   def f(h):
@@ -180,17 +183,17 @@ def test_train_steps_equal_the_dense_reference(arch):
       c = _config(n_devices=n_devices, topk_step=step_kind, dead_tokens=256)
       c.sae.architecture, c.sae.n_latents = arch, 512
       c = config.resolve(c, source.d_in)
-      mesh = train.make_mesh(n_devices)
+      mesh = sharding.make_mesh(n_devices)
       # Adam with the paper's eps (6e-10) turns float noise in a near-zero gradient into a
       # full lr step of either sign; eps 1e-5 keeps such elements still, so float
       # tolerances stay meaningful.
       opt = optimizer.make(c.train.lr, eps=1e-5)
-      step_fn = train.make_train_step(mesh, train.StepConfig.from_config(c), opt)
-      state = train.init_state(jax.random.PRNGKey(0), source.read("train", np.arange(1024)), c,
+      step_fn = step.make_train_step(mesh, step.StepConfig.from_config(c), opt)
+      state = step.init_state(jax.random.PRNGKey(0), source.read("train", np.arange(1024)), c,
                                1.0, opt)
       losses = []
-      for _, xb in data.stream(source, c.train.batch_size, 0, 0, 6):
-        xb = jax.device_put(xb, train.sharding.batch_sharding(mesh))
+      for _, xb in batches.stream(source, c.train.batch_size, 0, 0, 6):
+        xb = jax.device_put(xb, trainer.sharding.batch_sharding(mesh))
         state, m = step_fn(state, xb)
         losses.append((float(m["loss"]), float(m["aux_loss"])))
       ends[(step_kind, n_devices)] = jax.device_get(state), np.array(losses)
@@ -208,12 +211,12 @@ def test_train_steps_equal_the_dense_reference(arch):
 
 
 def test_the_step_uses_the_kernels_on_one_cpu_device_and_xla_on_a_mesh():
-  assert sparse.impl_for(train.make_mesh(1)) == "cpu_kernels"
-  assert sparse.impl_for(train.make_mesh(8)) == "xla"
+  assert sparse.impl_for(sharding.make_mesh(1)) == "cpu_kernels"
+  assert sparse.impl_for(sharding.make_mesh(8)) == "xla"
   c = config.resolve(_config(n_devices=1), 32)
-  assert train.hyper(c).sparse_impl == "xla"  # upgraded per mesh by make_train_step
+  assert step.hyper(c).sparse_impl == "xla"  # upgraded per mesh by make_train_step
   c.train.topk_step = "dense"
-  assert train.hyper(c).sparse_impl is None
+  assert step.hyper(c).sparse_impl is None
 
 
 def test_bfloat16_matmul_stays_close_to_float32():
@@ -222,7 +225,7 @@ def test_bfloat16_matmul_stays_close_to_float32():
   l32 = topk.sparse_loss(params, x, **kw).loss
   l16 = topk.sparse_loss(params, x, **kw, compute_dtype="bfloat16").loss
   assert l16 != l32 and abs(float(l16) / float(l32) - 1) < 0.02
-  dense16 = topk.loss(params, x, **kw, compute_dtype="bfloat16").loss  # the benchmark's baseline
+  dense16 = topk.dense_loss(params, x, **kw, compute_dtype="bfloat16").loss  # the benchmark's baseline
   assert dense16 != l32 and abs(float(dense16) / float(l32) - 1) < 0.02
 
 

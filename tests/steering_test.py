@@ -8,9 +8,11 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from sae_jax import cli, interchange, lm, steering
-from sae_jax.config import ConfigError
-from sae_jax.steering import Clamp
+from sae_jax import cli, files
+from sae_jax.data import corpus, lm
+from sae_jax.tools import interchange, steering
+from sae_jax.errors import ConfigError
+from sae_jax.tools.steering import Clamp
 
 D, N, LAYER = 32, 64, 1
 
@@ -106,8 +108,7 @@ def _concept_sae(model, tokenizer, layer):
   residuals over KJV positions holding " the", between those followed by a concept token
   and the others (conditioning on " the" removes the "Bible style" direction that an
   unconditioned difference picks up). The other latents are random directions."""
-  from sae_jax import config, corpus
-  docs = [d for d in corpus.load_documents("embedded", config.cache_root()) if d.source == "kjv"]
+  docs = [d for d in corpus.load_documents("embedded", files.cache_root()) if d.source == "kjv"]
   text = " ".join(d.text for d in docs[:12])
   ids = tokenizer(text, return_tensors="pt").input_ids[:, :32 * 64].reshape(32, 64)
   h = lm.residual_stream(model, ids, layer).float().numpy()[:, 1:-1].reshape(-1, 576)

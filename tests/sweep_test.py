@@ -11,7 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from sae_jax import checkpoint, cli
+from sae_jax import cli
+from sae_jax.training import checkpoint
 
 pytestmark = pytest.mark.real_model
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from sae_jax import data, synthetic
-from sae_jax.config import ConfigError
+from sae_jax.data import batches, synthetic
+from sae_jax.errors import ConfigError
 
 
 def test_same_seed_same_samples_and_prefix_stable():
@@ -126,7 +126,7 @@ def test_from_config_and_validation():
 def test_source_has_the_array_source_interface():
   cfg = synthetic.GeneratorConfig()
   src = synthetic.SyntheticSource(cfg, n_train=4096, n_eval=1024)
-  assert isinstance(src, data.ArraySource)
+  assert isinstance(src, batches.ArraySource)
   assert src.d_in == 64 and src.n_tokens("train") == 4096 and src.n_tokens("eval") == 1024
   assert src.meta["model"] == "synthetic" and src.meta["layer"] is None
   assert src.meta["generator"] == cfg.to_dict()

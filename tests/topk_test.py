@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sae_jax import topk
+from sae_jax.saes import topk
 
 
 def _params(d_in=16, n_latents=64, seed=0):
@@ -17,7 +17,7 @@ def test_encode_keeps_exactly_k_nonzeros_at_the_top_k():
   x = jax.random.normal(jax.random.PRNGKey(1), (32, 16))
   k = 5
   pre = topk.pre_activations(params, x)
-  z = topk.encode(params, x, k)
+  z = topk.encode_topk(params, x, k)
   nnz = np.asarray(jnp.sum(z != 0, axis=-1))
   kth = np.sort(np.asarray(pre), axis=-1)[:, -k]
   positive = kth > 0  # ReLU can only remove a kept latent whose pre-activation is <= 0
@@ -33,7 +33,7 @@ def test_encode_keeps_exactly_k_nonzeros_at_the_top_k():
 
 def test_k_larger_than_n_latents_is_an_error():
   with pytest.raises(ValueError, match="k=65 exceeds n_latents=64"):
-    topk.encode(_params(), jnp.zeros((1, 16)), 65)
+    topk.encode_topk(_params(), jnp.zeros((1, 16)), 65)
 
 
 def test_tied_init_unit_norm_decoder():
@@ -47,14 +47,14 @@ def test_auxk_zero_without_dead_latents_and_positive_with():
   params = _params()
   x = jax.random.normal(jax.random.PRNGKey(2), (64, 16))
   none_dead = jnp.zeros((64,), bool)
-  out = topk.loss(params, x, k=4, dead_N=none_dead, k_aux=8)
+  out = topk.dense_loss(params, x, k=4, dead_N=none_dead, k_aux=8)
   assert float(out.aux_loss) == 0.0
   assert float(out.loss) == pytest.approx(float(out.normalized_mse))
   some_dead = jnp.arange(64) % 2 == 0
-  out = topk.loss(params, x, k=4, dead_N=some_dead, k_aux=8)
+  out = topk.dense_loss(params, x, k=4, dead_N=some_dead, k_aux=8)
   assert float(out.aux_loss) > 0.0
   # it trains the decoder rows of dead latents only
-  g = jax.grad(lambda p: topk.loss(p, x, k=4, dead_N=some_dead, k_aux=8).aux_loss)(params)
+  g = jax.grad(lambda p: topk.dense_loss(p, x, k=4, dead_N=some_dead, k_aux=8).aux_loss)(params)
   alive_rows = np.asarray(g["W_dec"])[~np.asarray(some_dead)]
   assert np.all(alive_rows == 0) and np.any(np.asarray(g["W_dec"]) != 0)
 
@@ -65,9 +65,9 @@ def test_auxk_reconstructs_residual_without_b_pre():
   params = _params(d_in=8, n_latents=16)
   params["b_pre"] = jnp.full((8,), 0.3)
   x = jax.random.normal(jax.random.PRNGKey(3), (10, 8))
-  out = topk.loss(params, x, k=2, dead_N=jnp.ones((16,), bool), k_aux=16)
+  out = topk.dense_loss(params, x, k=2, dead_N=jnp.ones((16,), bool), k_aux=16)
   pre = np.asarray(topk.pre_activations(params, x))
-  z = np.asarray(topk.encode(params, x, 2))
+  z = np.asarray(topk.encode_topk(params, x, 2))
   e = np.asarray(x) - (z @ np.asarray(params["W_dec"]) + 0.3)
   e_hat = np.maximum(pre, 0) @ np.asarray(params["W_dec"])
   expected = np.sum((e - e_hat) ** 2) / np.sum(e**2)
@@ -81,4 +81,4 @@ def test_normalized_mse_is_fraction_of_variance_unexplained():
   mean = jnp.mean(x, axis=0)
   params["b_pre"] = mean  # predicting the mean explains nothing: FVU = 1
   var = float(jnp.mean(jnp.sum((x - mean) ** 2, -1)))
-  assert float(topk.loss(params, x, k=4, variance=var).normalized_mse) == pytest.approx(1.0, rel=1e-5)
+  assert float(topk.dense_loss(params, x, k=4, variance=var).normalized_mse) == pytest.approx(1.0, rel=1e-5)

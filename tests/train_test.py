@@ -4,7 +4,11 @@ import jax
 import numpy as np
 import pytest
 
-from sae_jax import config, data, optimizer, train
+from sae_jax import config, errors, evals
+from sae_jax.evals import suite
+from sae_jax.data import batches
+from sae_jax.training import checkpoint, optimizer, sharding, trainer
+from sae_jax.training import step as step_lib
 
 
 def _source(n_train=4096, n_eval=1024, d_in=32, n_features=96, seed=0):
@@ -16,7 +20,7 @@ def _source(n_train=4096, n_eval=1024, d_in=32, n_features=96, seed=0):
     acts = (rng.random((n, n_features)) < 0.05) * rng.random((n, n_features)) * 2
     return (acts @ dirs + 0.3 + 0.01 * rng.normal(size=(n, d_in))).astype(np.float32)
 
-  return data.ArraySource({"train": gen(n_train), "eval": gen(n_eval)})
+  return batches.ArraySource({"train": gen(n_train), "eval": gen(n_eval)})
 
 
 def _config(**train_kw):
@@ -36,13 +40,13 @@ def _config(**train_kw):
 def _run_steps(n_devices, n_steps=6):
   source = _source()
   c = config.resolve(_config(n_devices=n_devices), source.d_in)
-  mesh = train.make_mesh(n_devices)
+  mesh = sharding.make_mesh(n_devices)
   opt = optimizer.make(c.train.lr, eps=c.train.adam_eps)
-  step_fn = train.make_train_step(mesh, train.StepConfig.from_config(c), opt)
-  state = train.init_state(jax.random.PRNGKey(0), source.read("train", np.arange(1024)), c, 1.0, opt)
+  step_fn = step_lib.make_train_step(mesh, step_lib.StepConfig.from_config(c), opt)
+  state = step_lib.init_state(jax.random.PRNGKey(0), source.read("train", np.arange(1024)), c, 1.0, opt)
   state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   losses = []
-  for step, x in data.stream(source, c.train.batch_size, 0, 0, n_steps):
+  for step, x in batches.stream(source, c.train.batch_size, 0, 0, n_steps):
     x = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
     state, m = step_fn(state, x)
     losses.append(float(m["loss"]))
@@ -62,34 +66,33 @@ def test_eight_device_step_equals_one_device():
 
 def test_batches_are_deterministic_and_tile_each_epoch():
   n, B = 1000, 128
-  seen = np.concatenate([data.batch_rows(n, B, seed=3, step=s) for s in range(7)])
+  seen = np.concatenate([batches.batch_rows(n, B, seed=3, step=s) for s in range(7)])
   assert len(np.unique(seen[:n - n % B])) == n - n % B  # no repeat inside the first epoch
-  np.testing.assert_array_equal(data.batch_rows(n, B, 3, 5), data.batch_rows(n, B, 3, 5))
-  assert not np.array_equal(data.batch_rows(n, B, 3, 5), data.batch_rows(n, B, 4, 5))
+  np.testing.assert_array_equal(batches.batch_rows(n, B, 3, 5), batches.batch_rows(n, B, 3, 5))
+  assert not np.array_equal(batches.batch_rows(n, B, 3, 5), batches.batch_rows(n, B, 4, 5))
 
 
 def test_resume_is_bitwise_equal(tmp_path):
   """A run stopped after a checkpoint and relaunched ends in the same state as one that
   was never stopped (same data order, same float results on CPU)."""
   source = _source()
-  full = train.train(_config(n_devices=1), source, str(tmp_path / "full"), progress=False)
+  full = trainer.train(_config(n_devices=1), source, str(tmp_path / "full"), progress=False)
 
   part_cfg = _config(n_devices=1)
   part_cfg.train.token_budget = 4096  # same run...
   # ...interrupted: train only the first 6 steps by giving the stream an early end.
-  original = data.stream
+  original = batches.stream
   def short_stream(source, batch_size, seed, start, end, **kw):
     return original(source, batch_size, seed, start, min(end, 6), **kw)
-  train.data.stream = short_stream
+  batches.stream = short_stream
   try:
-    train.train(part_cfg, source, str(tmp_path / "part"), progress=False)
+    trainer.train(part_cfg, source, str(tmp_path / "part"), progress=False)
   finally:
-    train.data.stream = original
-  resumed = train.train(part_cfg, source, str(tmp_path / "part"), progress=False)
+    batches.stream = original
+  resumed = trainer.train(part_cfg, source, str(tmp_path / "part"), progress=False)
 
   strip = lambda rs: [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rs]
   assert strip(resumed) == strip(full)
-  from sae_jax import checkpoint
   a = checkpoint.Checkpointer(str(tmp_path / "full" / "checkpoints"))
   b = checkpoint.Checkpointer(str(tmp_path / "part" / "checkpoints"))
   assert a.latest_step() == b.latest_step() == 16
@@ -99,14 +102,14 @@ def test_resume_is_bitwise_equal(tmp_path):
 
 
 def test_records_cover_log_spaced_points_and_end_final():
-  steps = train.eval_steps(1000, 8, 1 / 64)
+  steps = trainer.eval_steps(1000, 8, 1 / 64)
   assert steps[-1] == 1000 and steps[0] == 16 and len(steps) == 8
   ratios = np.diff(np.log(steps))
   assert np.allclose(ratios, ratios[0], atol=0.05)
 
 
 def test_training_lowers_loss_and_counts_dead_latents(tmp_path):
-  records = train.train(_config(n_devices=1), _source(), str(tmp_path), progress=False)
+  records = trainer.train(_config(n_devices=1), _source(), str(tmp_path), progress=False)
   assert records[-1]["final"] and not any(r["final"] for r in records[:-1])
   assert records[-1]["normalized_mse"] < records[0]["normalized_mse"]
   assert all(0 < r["l0"] <= 4 for r in records)
@@ -116,19 +119,19 @@ def test_training_lowers_loss_and_counts_dead_latents(tmp_path):
 
 def test_bad_device_count_and_batch_split(tmp_path):
   with pytest.raises(config.ConfigError, match="device"):
-    train.train(_config(n_devices=64), _source(), str(tmp_path), progress=False)
+    trainer.train(_config(n_devices=64), _source(), str(tmp_path), progress=False)
   with pytest.raises(config.ConfigError, match="does not split over 8 devices"):
-    train.train(_config(n_devices=8, batch_size=100, token_budget=1000), _source(),
+    trainer.train(_config(n_devices=8, batch_size=100, token_budget=1000), _source(),
                 str(tmp_path), progress=False)
 
 
 def test_nan_loss_stops_with_the_step(tmp_path):
   source = _source()
   source.splits["train"][3 * 256 + 5] = np.nan  # a NaN activation in batch 3 (sorted rows)
-  rows = [data.batch_rows(4096, 256, 0, s) for s in range(16)]
+  rows = [batches.batch_rows(4096, 256, 0, s) for s in range(16)]
   bad_step = next(s for s, r in enumerate(rows) if (3 * 256 + 5) in r)
-  with pytest.raises(train.TrainingDivergedError, match=f"at step {bad_step}"):
-    train.train(_config(n_devices=1), source, str(tmp_path), progress=False)
+  with pytest.raises(errors.TrainingDivergedError, match=f"at step {bad_step}"):
+    trainer.train(_config(n_devices=1), source, str(tmp_path), progress=False)
 
 
 def test_many_saes_in_one_data_pass_equal_each_alone(tmp_path):
@@ -138,19 +141,19 @@ def test_many_saes_in_one_data_pass_equal_each_alone(tmp_path):
   configs = [_config(n_devices=1), _config(n_devices=1), _config(n_devices=1)]
   configs[1].sae.n_latents = 64
   configs[2].train.token_budget = 2048
-  alone = [train.train(c, source, str(tmp_path / f"alone{i}"), progress=False)
+  alone = [trainer.train(c, source, str(tmp_path / f"alone{i}"), progress=False)
            for i, c in enumerate(configs)]
   # the second SAE has already done part of its run
-  original = data.stream
-  train.data.stream = lambda s, b, seed, start, end, **kw: original(s, b, seed, start, min(end, 5), **kw)
+  original = batches.stream
+  batches.stream = lambda s, b, seed, start, end, **kw: original(s, b, seed, start, min(end, 5), **kw)
   try:
-    train.train(configs[1], source, str(tmp_path / "many1"), progress=False)
+    trainer.train(configs[1], source, str(tmp_path / "many1"), progress=False)
   finally:
-    train.data.stream = original
+    batches.stream = original
   reads = []
   read = source.read
   source.read = lambda split, rows: reads.append(split) or read(split, rows)
-  together = train.train_many(configs, source, [str(tmp_path / f"many{i}") for i in range(3)],
+  together = trainer.train_many(configs, source, [str(tmp_path / f"many{i}") for i in range(3)],
                               progress=False)
   source.read = read
   # one read per batch, plus the geometric-median sample of the two fresh runs
@@ -164,7 +167,7 @@ def test_a_data_pass_needs_the_same_batches(tmp_path):
   a, b = _config(n_devices=1), _config(n_devices=1)
   b.train.batch_size = 128
   with pytest.raises(config.ConfigError, match="same seed, batch size and devices"):
-    train.train_many([a, b], _source(), [str(tmp_path / "a"), str(tmp_path / "b")])
+    trainer.train_many([a, b], _source(), [str(tmp_path / "a"), str(tmp_path / "b")])
 
 
 def test_a_save_killed_midway_leaves_the_previous_checkpoint(tmp_path):
@@ -172,37 +175,37 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint(tmp_path):
   kill during a save leaves behind is ignored, and the run resumes from the last
   complete step to the same end."""
   source = _source()
-  full = train.train(_config(n_devices=1), source, str(tmp_path / "full"), progress=False)
-  original = data.stream
-  train.data.stream = lambda s, b, seed, start, end, **kw: original(s, b, seed, start, min(end, 8), **kw)
+  full = trainer.train(_config(n_devices=1), source, str(tmp_path / "full"), progress=False)
+  original = batches.stream
+  batches.stream = lambda s, b, seed, start, end, **kw: original(s, b, seed, start, min(end, 8), **kw)
   try:
-    train.train(_config(n_devices=1), source, str(tmp_path / "part"), progress=False)
+    trainer.train(_config(n_devices=1), source, str(tmp_path / "part"), progress=False)
   finally:
-    train.data.stream = original
+    batches.stream = original
   ckpts = tmp_path / "part" / "checkpoints"
   assert sorted(p.name for p in ckpts.iterdir() if p.name.isdigit()) == ["4", "8"]
   torn = ckpts / "12.orbax-checkpoint-tmp-1700000000000000"  # a save cut short
   (torn / "state").mkdir(parents=True)
   (torn / "state" / "garbage").write_bytes(b"\0" * 100)
-  from sae_jax import checkpoint
   assert checkpoint.Checkpointer(str(ckpts)).latest_step() == 8
-  resumed = train.train(_config(n_devices=1), source, str(tmp_path / "part"), progress=False)
+  resumed = trainer.train(_config(n_devices=1), source, str(tmp_path / "part"), progress=False)
   strip = lambda rs: [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rs]
   assert strip(resumed) == strip(full)
 
 
 def test_evaluation_suite_measures_join_the_records(tmp_path, monkeypatch):
-  """train.eval_measures adds the suite's measures to every evaluation record (the suite
-  itself is tested in evaluation_test.py; here only the wiring)."""
-  from sae_jax import evaluation
+  """train.eval_measures adds the suite's measures to every evaluation record through the
+  evaluators the launcher passes (the suite itself is tested in evaluation_test.py; here
+  only the wiring)."""
   calls = []
 
   def fake(cfg, state, cache, measures, options):
     calls.append((measures, options.max_contexts))
     return {"delta_ce": 0.5, "kl": 0.25}
 
-  monkeypatch.setattr(evaluation, "evaluation_measures", fake)
+  monkeypatch.setattr(suite, "evaluation_measures", fake)
   c = _config(n_devices=1, eval_measures=("downstream",), eval_max_contexts=4)
-  records = train.train(c, _source(), str(tmp_path), progress=False)
+  records = trainer.train(c, _source(), str(tmp_path), progress=False,
+                          evaluators=evals.TRAINING_EVALUATORS)
   assert all(r["delta_ce"] == 0.5 and r["kl"] == 0.25 for r in records)
   assert calls == [(("downstream",), 4)] * len(records)

@@ -10,7 +10,8 @@ import shutil
 
 import pytest
 
-from sae_jax import cli, viewer
+from sae_jax import cli
+from sae_jax.tools import viewer
 
 pytestmark = pytest.mark.real_model
 
@@ -25,7 +26,7 @@ MAX_LATENTS, MAX_CONTEXTS, PAGE = 40, 20, 15
 @pytest.fixture(scope="module")
 def site(tiny_lm_run, smollm2, tmp_path_factory):
   """The viewer of a copy of the tiny run, with an eval.json holding one n-gram explanation
-  in the format `sae_jax.evaluation` writes."""
+  in the format `sae_jax.evals.suite` writes."""
   run = str(tmp_path_factory.mktemp("viewer") / "run")
   shutil.copytree(tiny_lm_run, run)
   with open(os.path.join(run, "eval.json"), "w") as f:

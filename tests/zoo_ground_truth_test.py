@@ -3,7 +3,7 @@ acceptance check): trained at a CI-sized budget on `sae_jax.synthetic` (d_in = 6
 features in superposition, mean L0 5), each reaches mean max cosine similarity >= 0.9 and
 MCC >= 0.7 against the ground truth (`sae_jax.ground_truth`).
 
-All eight SAEs train in one pass over the data (`train.train_many`), each with its paper's
+All eight SAEs train in one pass over the data (`trainer.train_many`), each with its paper's
 input normalisation (`Architecture.input_norm`) and its own sparsity knob, learning rate
 and token budget below. The budgets are tiny next to the papers' (hundreds of thousands of
 tokens, not billions), so the settings that differ from the defaults are the ones that make
@@ -22,7 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sae_jax import checkpoint, config, data, ground_truth, sae, synthetic, train
+from sae_jax import config, saes
+from sae_jax.data import batches, synthetic
+from sae_jax.evals import ground_truth
+from sae_jax.training import checkpoint, step, trainer
 
 MMCS_MIN, MCC_MIN = 0.9, 0.7
 N_LATENTS, BATCH = 512, 256
@@ -43,7 +46,7 @@ SETTINGS = {
 
 
 def _config(name: str) -> config.ml_collections.ConfigDict:
-  arch = sae.get(name)
+  arch = saes.get(name)
   knob, lr, budget, extra = SETTINGS[name]
   c = config.default_config()
   c.sae.architecture = name
@@ -64,11 +67,11 @@ def _config(name: str) -> config.ml_collections.ConfigDict:
 def _truth_metrics(c, source, run_dir) -> dict:
   """Ground-truth metrics of a trained run on the eval split, in the SAE's input space."""
   c = config.resolve(c, source.d_in)
-  arch, hp = sae.get(c.sae.architecture), train.hyper(c)
+  arch, hp = saes.get(c.sae.architecture), step.hyper(c)
   state, _ = checkpoint.Checkpointer(os.path.join(run_dir, "checkpoints")).restore_untyped()
   rows = np.arange(source.n_tokens("eval"))
-  scale = data.norm_scale(c.sae.input_norm, source.stats, source.d_in)
-  x = data.normalize(jnp.asarray(source.read("eval", rows)), c.sae.input_norm, scale)
+  scale = batches.norm_scale(c.sae.input_norm, source.stats, source.d_in)
+  x = batches.normalize(jnp.asarray(source.read("eval", rows)), c.sae.input_norm, scale)
   z = arch.encode(state["params"], x, state["extras"], hp)
   x_hat = arch.decode(state["params"], z)
   return ground_truth.evaluate_against_truth(
@@ -79,14 +82,14 @@ def _truth_metrics(c, source, run_dir) -> dict:
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
   """{name: (ground-truth metrics, final record)} of every architecture."""
-  assert sorted(SETTINGS) == sae.names(), "every registered architecture is checked"
+  assert sorted(SETTINGS) == saes.names(), "every registered architecture is checked"
   t0 = time.time()
   source = synthetic.SyntheticSource(synthetic.GeneratorConfig(d_in=64, n_features=256),
                                      n_train=200_704, n_eval=8192)
   names = sorted(SETTINGS)
   configs = [_config(n) for n in names]
   dirs = [str(tmp_path_factory.mktemp(n)) for n in names]
-  records = train.train_many(configs, source, dirs, progress=False)
+  records = trainer.train_many(configs, source, dirs, progress=False)
   out = {n: (_truth_metrics(c, source, d), r[-1]) for n, c, d, r in zip(names, configs, dirs, records)}
   print(f"\nzoo on the generator ({time.time() - t0:.0f} s):")
   for n, (m, r) in out.items():

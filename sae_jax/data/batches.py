@@ -1,0 +1,146 @@
+"""Activation batches for training and evaluation: input normalisation and a
+deterministic, resumable, prefetching batch stream over an activation cache.
+
+The stream's position is one integer (the step): batch s of a run is always the same
+rows, so a resumed run sees exactly the data an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Iterator, Protocol
+
+import jax.numpy as jnp
+import numpy as np
+
+
+class ActivationSource(Protocol):
+  """What the trainer needs from an activation cache (`sae_jax.data.cache.ActivationCache`, `ArraySource`)."""
+
+  d_in: int
+  stats: dict
+
+  def n_tokens(self, split: str) -> int: ...
+
+  def read(self, split: str, rows: np.ndarray) -> np.ndarray: ...
+
+
+def norm_scale(method: str, stats: dict, d_in: int) -> float:
+  """The constant of the "mean_norm" normalisation: sqrt(d_in) / E||x||
+  (Templeton et al. 2024); 1 for the others."""
+  if method == "mean_norm":
+    return float(np.sqrt(d_in) / stats["mean_norm"])
+  return 1.0
+
+
+def normalize(x_BxD: jnp.ndarray, method: str, scale: float = 1.0) -> jnp.ndarray:
+  """Normalise raw activations before the SAE sees them.
+
+  "unit_norm": subtract the mean over d_in and scale each token to unit L2 norm
+  (Gao et al. 2024, Sec. 2.1); "mean_norm": multiply by `scale` = sqrt(d_in) / E||x||
+  (Templeton et al. 2024); "none": unchanged. Shape [B, d_in] -> [B, d_in].
+  """
+  if method == "unit_norm":
+    x_BxD = x_BxD - jnp.mean(x_BxD, axis=-1, keepdims=True)
+    return x_BxD / jnp.maximum(jnp.linalg.norm(x_BxD, axis=-1, keepdims=True), 1e-6)
+  if method == "mean_norm":
+    return x_BxD * scale
+  if method == "none":
+    return x_BxD
+  raise ValueError(f"unknown input_norm {method!r}")
+
+
+def batch_rows(n_rows: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+  """Rows of training batch `step`: epoch e is a permutation seeded by (seed, e); the
+  batches tile the epochs without gaps, so the stream never repeats a row within an
+  epoch. Returned sorted (reads are sequential within a shard; order inside a batch
+  does not matter to the loss)."""
+  start = step * batch_size
+  out = []
+  while len(out) < batch_size:
+    epoch, offset = divmod(start, n_rows)
+    perm = _permutation(n_rows, seed, epoch)
+    take = min(batch_size - len(out), n_rows - offset)
+    out.extend(perm[offset:offset + take])
+    start += take
+  return np.sort(np.asarray(out, np.int64))
+
+
+_PERM_CACHE: dict = {}
+
+
+def _permutation(n_rows: int, seed: int, epoch: int) -> np.ndarray:
+  key = (n_rows, seed, epoch)
+  if key not in _PERM_CACHE:
+    _PERM_CACHE.clear()
+    _PERM_CACHE[key] = np.random.default_rng([seed, epoch]).permutation(n_rows)
+  return _PERM_CACHE[key]
+
+
+def stream(source: ActivationSource, batch_size: int, seed: int, start_step: int,
+           end_step: int, prefetch: int = 4, split: str = "train",
+           rows: tuple[int, int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+  """Yield (step, x_BxD float32) for steps [start_step, end_step), read by a background
+  thread `prefetch` batches ahead so reading overlaps the train step.
+
+  rows: only this [lo, hi) part of each batch (a process's share in a multi-host run).
+  """
+  lo, hi = rows or (0, batch_size)
+  n_rows = source.n_tokens(split)
+  q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+  stop = threading.Event()
+
+  def worker():
+    try:
+      for step in range(start_step, end_step):
+        if stop.is_set():
+          return
+        x = source.read(split, batch_rows(n_rows, batch_size, seed, step)[lo:hi])
+        q.put((step, x))
+      q.put(None)
+    except BaseException as e:  # surfaced in the consumer
+      q.put(e)
+
+  t = threading.Thread(target=worker, daemon=True)
+  t.start()
+  try:
+    while True:
+      item = q.get()
+      if item is None:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()
+    while not q.empty():
+      q.get_nowait()
+
+
+def eval_batches(source: ActivationSource, batch_size: int, split: str = "eval"
+                 ) -> Iterator[np.ndarray]:
+  """Every row of the split once, in order, in batches of at most batch_size."""
+  n = source.n_tokens(split)
+  for start in range(0, n, batch_size):
+    yield source.read(split, np.arange(start, min(n, start + batch_size)))
+
+
+class ArraySource:
+  """An in-memory activation source (tests, synthetic data): {"train": x, "eval": x}."""
+
+  def __init__(self, splits: dict[str, np.ndarray]):
+    self.splits = {k: np.asarray(v, np.float32) for k, v in splits.items()}
+    self.d_in = next(iter(self.splits.values())).shape[1]
+    x = self.splits["train"].astype(np.float64)
+    mean = x.mean(0)
+    self.stats = {"mean": mean, "mean_norm": float(np.linalg.norm(x, axis=1).mean()),
+                  "mean_sq_norm": float((x**2).sum(1).mean()),
+                  "total_variance": float(((x - mean) ** 2).sum(1).mean())}
+    self.meta = {"d_in": self.d_in}
+
+  def n_tokens(self, split: str) -> int:
+    return len(self.splits[split])
+
+  def read(self, split: str, rows: np.ndarray) -> np.ndarray:
+    return self.splits[split][rows]

@@ -1,0 +1,21 @@
+"""Where a run's activations come from: a language model's (harvested into the on-disk
+cache, `sae_jax.data.harvest`) or the ground-truth generator's (`sae_jax.data.synthetic`)."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from sae_jax.data import harvest, synthetic
+
+
+def get_source(cfg: ml_collections.ConfigDict, progress: bool = True):
+  """The activation source of a validated config (`data.source`).
+
+  Returns an object with the `sae_jax.data.batches.ActivationSource` interface and a
+  `meta` dict (model, layer, ...). Raises ConfigError as `harvest.get_or_harvest` does,
+  or for an invalid generator setting.
+  """
+  if cfg.data.source == "synthetic":
+    gen = synthetic.GeneratorConfig.from_config(cfg.data.generator)
+    return synthetic.SyntheticSource(gen, int(cfg.data.n_train_tokens), int(cfg.data.n_eval_tokens))
+  return harvest.get_or_harvest(cfg, progress=progress)

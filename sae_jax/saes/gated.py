@@ -1,0 +1,134 @@
+"""Gated sparse autoencoder, pure-functional (Rajamanoharan et al. 2024a, "Improving
+dictionary learning with gated sparse autoencoders", Sec. 3).
+
+Which latents fire (the gate) and how strongly (the magnitude) come from two paths that
+share the encoder directions; the magnitude path rescales each latent by exp(r_mag):
+
+    pi_gate = W_enc (x - b_pre) + b_gate                       (W_gate = W_enc)
+    pi_mag  = exp(r_mag) ⊙ W_enc (x - b_pre) + b_mag           (W_mag = exp(r_mag) ⊙ W_gate)
+    z       = 1[pi_gate > 0] ⊙ ReLU(pi_mag)                     (Sec. 3.2, weight tying)
+    x_hat   = W_dec z + b_pre
+
+The loss (Sec. 3.2.2) is the reconstruction, an L1 penalty on the gate activations only
+(so magnitudes are not shrunk), and an auxiliary reconstruction from the gate activations
+through a frozen copy of the decoder, which is what trains the gate (the Heaviside passes
+no gradient):
+
+    loss = ||x - x_hat||^2 / (B·var)
+         + lambda · mean_b sum_i ReLU(pi_gate)_i · ||W_dec,i||
+         + ||x - (sg(W_dec) ReLU(pi_gate) + sg(b_pre))||^2 / (B·var)    (sg: stop_gradient)
+
+Decoder: the paper keeps decoder rows at unit norm (with resampling of dead latents, not
+reproduced here), so the ||W_dec,i|| weights are 1 and the penalty is the paper's plain
+L1; it is written with them so the term stays the norm-weighted one of Conerly et al.
+2024 if the constraint is lifted. Init: tied (W_enc = W_dec^T, unit rows), b_gate = b_mag
+= r_mag = 0, b_pre at the trainer's geometric median. Inputs: "mean_norm" (one constant
+so the mean norm is sqrt(d_in), as the same team's JumpReLU / Gemma Scope work).
+
+Units: the paper's terms are sums of squared errors; ours are divided by variance =
+E||x - E x||^2, so lambda = lambda_paper / variance. Sparsity knob: lambda.
+
+Params: W_enc [d_in, n_latents], b_gate, r_mag, b_mag [n_latents], W_dec [n_latents, d_in],
+b_pre [d_in].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from sae_jax.saes import base
+
+Params = base.Params
+
+
+@dataclasses.dataclass(frozen=True)
+class Hyper(base.Hyper):
+  """Gated SAE's hyperparameters (`sae.sparsity_coefficient`)."""
+  sparsity_coefficient: float = 2e-2  # lambda, the knob, in our units (lambda_paper / variance)
+
+
+def init(key: jax.Array, d_in: int, n_latents: int, b_pre_D: jax.Array | None = None,
+         hp: base.Hyper | None = None) -> Params:
+  """Tied init; b_gate, r_mag and b_mag zero (so pi_mag = pi_gate at the start)."""
+  del hp
+  p = base.tied_init(key, d_in, n_latents, b_pre_D)
+  zeros = lambda: jnp.zeros((n_latents,), jnp.float32)  # distinct buffers (donated)
+  return {"W_enc": p["W_enc"], "b_gate": zeros(), "r_mag": zeros(), "b_mag": zeros(),
+          "W_dec": p["W_dec"], "b_pre": p["b_pre"]}
+
+
+def gate_and_magnitude(params: Params, x_BxD: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(pi_gate, pi_mag), each [B, n_latents] (Rajamanoharan et al. 2024a, Sec. 3.2)."""
+  proj_BxN = (x_BxD - params["b_pre"]) @ params["W_enc"]
+  return proj_BxN + params["b_gate"], jnp.exp(params["r_mag"]) * proj_BxN + params["b_mag"]
+
+
+def gated(pi_gate_BxN: jax.Array, pi_mag_BxN: jax.Array) -> jax.Array:
+  """z = 1[pi_gate > 0] ⊙ ReLU(pi_mag) (no gradient through the gate)."""
+  return jnp.where(pi_gate_BxN > 0, jax.nn.relu(pi_mag_BxN), 0.0)
+
+
+def encode(params: Params, x_BxD: jax.Array, extras=None, hp: base.Hyper | None = None
+           ) -> jax.Array:
+  """Latents z [B, n_latents]; no extras."""
+  del extras, hp
+  return gated(*gate_and_magnitude(params, x_BxD))
+
+
+decode = base.decode
+init_extras = base.no_extras  # no training state beyond the params
+
+
+def sparsity_penalty(params: Params, gate_acts_BxN: jax.Array) -> jax.Array:
+  """mean over tokens of sum_i ReLU(pi_gate)_i · ||W_dec,i|| (unweighted by lambda)."""
+  norms_N = jnp.linalg.norm(params["W_dec"], axis=-1)
+  return jnp.mean(gate_acts_BxN @ norms_N)
+
+
+def aux_reconstruction(params: Params, gate_acts_BxN: jax.Array) -> jax.Array:
+  """x_hat_frozen = sg(W_dec) ReLU(pi_gate) + sg(b_pre), [B, d_in]: the decoder gets no
+  gradient from the auxiliary term (Rajamanoharan et al. 2024a, Sec. 3.2.2)."""
+  frozen = {"W_dec": jax.lax.stop_gradient(params["W_dec"]),
+            "b_pre": jax.lax.stop_gradient(params["b_pre"])}
+  return base.decode(frozen, gate_acts_BxN)
+
+
+def loss(params: Params, x_BxD: jax.Array, extras, hp: base.Hyper, *,
+         variance: jax.Array | float = 1.0, dead_N: jax.Array | None = None) -> base.Output:
+  """Gated SAE training loss (Rajamanoharan et al. 2024a, Sec. 3.2.2).
+
+  Args:
+    params: Gated params; x_BxD: normalised inputs; extras: unused ({}).
+    hp: `Hyper` with sparsity_coefficient (lambda).
+    variance: E||x - E x||^2, the normalisation of both reconstruction terms.
+    dead_N: unused.
+
+  Returns:
+    `base.Output`: loss = normalized_mse + sparsity_loss + aux_loss, with sparsity_loss the
+    lambda-weighted gate penalty and aux_loss the frozen-decoder normalized MSE (weight 1).
+  """
+  del dead_N
+  pi_gate_BxN, pi_mag_BxN = gate_and_magnitude(params, x_BxD)
+  z_BxN = gated(pi_gate_BxN, pi_mag_BxN)
+  nmse = base.normalized_mse(x_BxD, decode(params, z_BxN), variance)
+  gate_acts_BxN = jax.nn.relu(pi_gate_BxN)
+  sparsity = hp.sparsity_coefficient * sparsity_penalty(params, gate_acts_BxN)
+  aux = base.normalized_mse(x_BxD, aux_reconstruction(params, gate_acts_BxN), variance)
+  fired_N, l0 = base.stats(z_BxN)
+  return base.Output(nmse + sparsity + aux, nmse, sparsity, aux, fired_N, l0, extras)
+
+
+ARCH = base.Architecture(
+    name="gated", hyper=Hyper, knob="sparsity_coefficient", unit_norm_decoder=True,
+    init=init, init_extras=init_extras, encode=encode, decode=decode, loss=loss,
+    paper="Rajamanoharan et al. 2024a, Improving dictionary learning with gated sparse "
+          "autoencoders", input_norm="mean_norm",
+    encode_formula="z = 1[pi_gate > 0] * ReLU(pi_mag), pi_gate = W_enc^T (x - b_pre) + b_gate, "
+                   "pi_mag = exp(r_mag) * (W_enc^T (x - b_pre)) + b_mag "
+                   "(Rajamanoharan et al. 2024a, Sec. 3.2)",
+    saelens=("gated", True),
+    # zoo grids from calibration runs (sweeps/architectures.py): mean_norm 1e-2 -> L0 90
+    zoo_grid={"unit_norm": (0.6, 0.3, 0.15, 0.075), "mean_norm": (8e-2, 4e-2, 2e-2, 1e-2)})

@@ -1,0 +1,111 @@
+"""ReLU sparse autoencoder with the decoder-norm-weighted L1 penalty, Anthropic's recipe
+(Templeton et al. 2024, "Scaling monosemanticity", and its training update, Conerly et
+al. 2024, "Circuits updates, April 2024").
+
+    pre   = W_enc x + b_enc                   (the update no longer subtracts b_pre first)
+    z     = ReLU(pre)
+    x_hat = W_dec z + b_pre
+    loss  = ||x - x_hat||^2 / (B · variance) + lambda · mean_b sum_i z_i · ||W_dec,i||
+
+The decoder norms are not constrained: weighting each latent's activation by its decoder
+row's norm in the penalty removes the incentive to shrink z by growing W_dec, so no
+projection or renormalisation is needed (`unit_norm_decoder=False`).
+
+Recipe: inputs scaled by one constant so that the mean norm is sqrt(d_in) ("mean_norm";
+set `sae.input_norm` to it); W_dec rows in random directions with norm 0.1 (Conerly et al.
+2024: "fixed L2 norm of 0.05 to 1"), W_enc = W_dec^T, b_enc = 0; b_pre at the trainer's
+geometric median (theirs: zero). Not reproduced: their linear lambda warm-up over the
+first 5% of training, learning-rate decay and gradient clipping (the trainer's optimiser
+is shared).
+
+Units: their loss is E||x - x_hat||^2 + lambda_A · E sum_i z_i ||W_dec,i|| (lambda_A = 5);
+ours divides the reconstruction by variance = E||x - E x||^2 (about d_in for mean_norm
+inputs with a small mean), so lambda = lambda_A / variance (5 / 576 ~ 1e-2 at SmolLM2's
+d_in). The sparsity knob is lambda (`sae.sparsity_coefficient`).
+
+Params: W_enc [d_in, n_latents], b_enc [n_latents], W_dec [n_latents, d_in], b_pre [d_in].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from sae_jax.saes import base
+
+Params = base.Params
+
+
+@dataclasses.dataclass(frozen=True)
+class Hyper(base.Hyper):
+  """ReLU + decoder-norm-weighted L1's hyperparameters (`sae.sparsity_coefficient`)."""
+  # lambda, the knob, in our units (module docstring: lambda_paper / variance)
+  sparsity_coefficient: float = 1e-2
+
+INIT_DECODER_NORM = 0.1
+
+
+def init(key: jax.Array, d_in: int, n_latents: int, b_pre_D: jax.Array | None = None,
+         hp: base.Hyper | None = None) -> Params:
+  """W_dec rows random directions of norm 0.1, W_enc = W_dec^T, b_enc = 0 (Conerly et al.
+  2024)."""
+  del hp
+  return base.tied_init(key, d_in, n_latents, b_pre_D, decoder_norm=INIT_DECODER_NORM)
+
+
+def pre_activations(params: Params, x_BxD: jax.Array) -> jax.Array:
+  """W_enc x + b_enc, shape [B, n_latents]."""
+  return x_BxD @ params["W_enc"] + params["b_enc"]
+
+
+def encode(params: Params, x_BxD: jax.Array, extras=None, hp: base.Hyper | None = None
+           ) -> jax.Array:
+  """z = ReLU(W_enc x + b_enc), shape [B, n_latents]; no extras."""
+  del extras, hp
+  return jax.nn.relu(pre_activations(params, x_BxD))
+
+
+decode = base.decode
+init_extras = base.no_extras  # no training state beyond the params
+
+
+def decoder_norm_penalty(params: Params, z_BxN: jax.Array) -> jax.Array:
+  """mean over tokens of sum_i z_i · ||W_dec,i|| (Templeton et al. 2024), unweighted by
+  lambda; gradients reach both z and the decoder norms."""
+  return jnp.mean(z_BxN @ jnp.linalg.norm(params["W_dec"], axis=-1))
+
+
+def loss(params: Params, x_BxD: jax.Array, extras, hp: base.Hyper, *,
+         variance: jax.Array | float = 1.0, dead_N: jax.Array | None = None) -> base.Output:
+  """normalized MSE + lambda · decoder-norm-weighted L1 (Templeton et al. 2024).
+
+  Args:
+    params, x_BxD: params and normalised inputs; extras: unused ({}).
+    hp: `Hyper` with sparsity_coefficient (lambda).
+    variance: E||x - E x||^2, so the reconstruction term is the normalized MSE.
+    dead_N: unused (no AuxK or resampling in this recipe).
+
+  Returns:
+    `base.Output` with sparsity_loss = lambda · penalty and aux_loss 0.
+  """
+  del dead_N
+  z_BxN = encode(params, x_BxD)
+  nmse = base.normalized_mse(x_BxD, decode(params, z_BxN), variance)
+  sparsity = hp.sparsity_coefficient * decoder_norm_penalty(params, z_BxN)
+  fired_N, l0 = base.stats(z_BxN)
+  return base.Output(nmse + sparsity, nmse, sparsity, jnp.zeros((), jnp.float32), fired_N, l0,
+                    extras)
+
+
+ARCH = base.Architecture(
+    name="relu_l1", hyper=Hyper, knob="sparsity_coefficient", unit_norm_decoder=False,
+    init=init, init_extras=init_extras, encode=encode, decode=decode, loss=loss,
+    paper="Templeton et al. 2024, Scaling monosemanticity (training update: Conerly et al. "
+          "2024, Circuits updates April 2024)", input_norm="mean_norm",
+    encode_formula="z = ReLU(W_enc^T x + b_enc) (Conerly et al. 2024)",
+    saelens=("standard", False),
+    # zoo grids from calibration runs (sweeps/architectures.py): unit_norm lambda 0.05 gave
+    # L0 ~210-300; mean_norm 1e-2 -> L0 47, 3e-3 -> 216
+    zoo_grid={"unit_norm": (0.4, 0.2, 0.1, 0.05), "mean_norm": (4e-2, 2e-2, 1e-2, 5e-3)})

@@ -1,0 +1,76 @@
+"""ReLU sparse autoencoder with a plain L1 penalty and unit-norm decoder rows (Bricken et
+al. 2023, "Towards monosemanticity", Sec. "Sparse autoencoder"; also Cunningham et al.
+2023).
+
+    pre   = W_enc (x - b_pre) + b_enc
+    z     = ReLU(pre)
+    x_hat = W_dec z + b_pre
+    loss  = ||x - x_hat||^2 / (B · variance) + lambda · mean_b sum_i z_i
+
+Decoder rows are kept at unit norm (gradient component along each row removed, rows
+renormalised after each step, as for TopK), which is what stops the L1 term from being
+dodged by shrinking z and growing W_dec. Init: tied, unit-norm rows, b_enc = 0, b_pre at
+the geometric median (Bricken et al. also start b_pre at the geometric median). Not
+reproduced: their resampling of dead latents.
+
+Inputs: "mean_norm" (one constant so the mean norm is sqrt(d_in)), the same units as
+`relu_l1`, so the two L1 variants share a lambda scale. Units: the paper's loss is
+E||x - x_hat||^2 + lambda_paper · E||z||_1; ours divides the reconstruction by variance =
+E||x - E x||^2, so lambda = lambda_paper / variance. The sparsity knob is lambda.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from sae_jax.saes import base, topk
+
+Params = base.Params
+
+
+@dataclasses.dataclass(frozen=True)
+class Hyper(base.Hyper):
+  """ReLU + L1 with unit-norm decoder rows (`sae.sparsity_coefficient`)."""
+  sparsity_coefficient: float = 1e-2  # lambda, the knob, in our units (lambda_paper / variance)
+
+init = topk.init
+pre_activations = topk.pre_activations
+decode = base.decode
+init_extras = base.no_extras  # no training state beyond the params
+
+
+def encode(params: Params, x_BxD: jax.Array, extras=None, hp: base.Hyper | None = None
+           ) -> jax.Array:
+  """z = ReLU(W_enc (x - b_pre) + b_enc), shape [B, n_latents]; no extras."""
+  del extras, hp
+  return jax.nn.relu(pre_activations(params, x_BxD))
+
+
+def l1_penalty(z_BxN: jax.Array) -> jax.Array:
+  """mean over tokens of ||z||_1 (z >= 0), unweighted by lambda."""
+  return jnp.mean(jnp.sum(z_BxN, axis=-1))
+
+
+def loss(params: Params, x_BxD: jax.Array, extras, hp: base.Hyper, *,
+         variance: jax.Array | float = 1.0, dead_N: jax.Array | None = None) -> base.Output:
+  """normalized MSE + lambda · L1 (Bricken et al. 2023). Arguments as `relu_l1.loss`."""
+  del dead_N
+  z_BxN = encode(params, x_BxD)
+  nmse = base.normalized_mse(x_BxD, decode(params, z_BxN), variance)
+  sparsity = hp.sparsity_coefficient * l1_penalty(z_BxN)
+  fired_N, l0 = base.stats(z_BxN)
+  return base.Output(nmse + sparsity, nmse, sparsity, jnp.zeros((), jnp.float32), fired_N, l0,
+                    extras)
+
+
+ARCH = base.Architecture(
+    name="relu_l1_unit_norm", hyper=Hyper, knob="sparsity_coefficient",
+    unit_norm_decoder=True, init=init, init_extras=init_extras, encode=encode, decode=decode,
+    loss=loss, paper="Bricken et al. 2023, Towards monosemanticity", input_norm="mean_norm",
+    encode_formula="z = ReLU(W_enc^T (x - b_pre) + b_enc) (Bricken et al. 2023)",
+    saelens=("standard", True),
+    # zoo grids from calibration runs (sweeps/architectures.py): mean_norm 1e-2 -> L0 37
+    zoo_grid={"unit_norm": (0.4, 0.2, 0.1, 0.05), "mean_norm": (4e-2, 2e-2, 1e-2, 5e-3)})

@@ -1,0 +1,220 @@
+"""The trainer: one or many SAEs over one pass of the data, each evaluated on the held-out
+split at log-spaced token counts and checkpointed with Orbax for exact resume.
+
+    records = train(config, source, run_dir)              # one SAE
+    all_records = train_many(configs, source, run_dirs)   # several, one data pass
+
+Metrics are pulled to the host one step late, so dispatch never blocks on them. What is
+measured at an evaluation point beyond `sae_jax.training.metrics.evaluate` comes from the
+caller's `evaluators` (functions (config, state, source) -> dict of scalars): the sweep
+launcher passes the evaluation suite's (`sae_jax.evals.TRAINING_EVALUATORS`), so this
+layer never imports the evaluations above it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from sae_jax import config as config_lib
+from sae_jax.data import batches
+from sae_jax.errors import ConfigError, TrainingDivergedError
+from sae_jax.training import checkpoint, distributed, flops, optimizer, sharding
+from sae_jax.training.metrics import evaluate
+from sae_jax.training.step import StepConfig, TrainState, init_state, make_train_step
+
+# (resolved config, train state, activation source) -> flat scalars for the record
+Evaluator = Callable[[ml_collections.ConfigDict, TrainState, object], dict]
+
+
+def eval_steps(n_steps: int, n_points: int, first_fraction: float) -> list[int]:
+  """Log-spaced steps in [first_fraction * n_steps, n_steps], always ending at n_steps."""
+  first = max(1.0, first_fraction * n_steps)
+  pts = np.geomspace(first, n_steps, n_points) if n_points > 1 else [n_steps]
+  return sorted({int(min(n_steps, max(1, round(p)))) for p in pts} | {n_steps})
+
+
+def _record(c: ml_collections.ConfigDict, info: dict, d_in: int, step: int, metrics: dict,
+            train_dead_fraction: float, wall_time_s: float) -> dict:
+  """One row of the results table (README, "What the quickstart does")."""
+  tokens = step * c.train.batch_size
+  return {**info, "architecture": c.sae.architecture, "n_latents": c.sae.n_latents,
+          "k": c.sae.k, "sparsity_coefficient": c.sae.sparsity_coefficient, "d_in": d_in,
+          "tokens": tokens, "step": step,
+          "final": step == c.train.token_budget // c.train.batch_size,
+          "flops": flops.training_flops(d_in, c.sae.n_latents, tokens), **metrics,
+          "train_dead_fraction": train_dead_fraction, "wall_time_s": wall_time_s,
+          "lr": c.train.lr, "token_budget": c.train.token_budget,
+          # as JSON has it (tuples become lists), so a record restored from a checkpoint's
+          # metadata equals the one made in memory
+          "config": json.loads(json.dumps(c.to_dict(), default=str))}
+
+
+class _Run:
+  """One SAE of a data pass: its jitted step, state, checkpoints, schedule and records."""
+
+  def __init__(self, c: ml_collections.ConfigDict, source: batches.ActivationSource,
+               run_dir: str, run_info: dict | None, evaluators: Sequence[Evaluator] = ()):
+    self.c = c = config_lib.resolve(c, source.d_in)
+    self.source, self.run_dir, self.info = source, run_dir, dict(run_info or {})
+    self.evaluators = tuple(evaluators)
+    self.d_in, n_latents, B = source.d_in, c.sae.n_latents, c.train.batch_size
+    self.n_steps = c.train.token_budget // B
+    self.mesh = mesh = sharding.make_mesh(c.train.n_devices, c.train.model_parallel)
+    n_data, n_model = mesh.shape[sharding.DATA], mesh.shape[sharding.MODEL]
+    if B % n_data:
+      raise ConfigError(
+          f"train.batch_size={B} does not split over {n_data} devices; use a multiple of {n_data}")
+    if n_latents % n_model:
+      raise ConfigError(
+          f"n_latents={n_latents} does not split over {n_model} latent shards "
+          f"(train.model_parallel); use a multiple of {n_model}")
+    if source.n_tokens("train") < B:
+      raise ConfigError(
+          f"the cache has {source.n_tokens('train')} training tokens, fewer than one batch ({B})")
+    sc = StepConfig.from_config(c)
+    opt = optimizer.make(c.train.lr, c.train.adam_b1, c.train.adam_b2, c.train.adam_eps,
+                         project_decoder=sc.arch.unit_norm_decoder)
+    scale = batches.norm_scale(c.sae.input_norm, source.stats, self.d_in)
+
+    n_sample = min(c.sae.geometric_median_samples, source.n_tokens("train"))
+    key = jax.random.PRNGKey(c.seed)
+
+    def fresh_state():
+      rows = np.sort(np.random.default_rng([c.seed, 1 << 20]).choice(
+          source.n_tokens("train"), n_sample, replace=False))
+      return init_state(key, source.read("train", rows), c, scale, opt)
+
+    self.ckpt = checkpoint.Checkpointer(f"{run_dir}/checkpoints")
+    template = jax.eval_shape(lambda x: init_state(key, x, c, scale, opt),
+                              jax.ShapeDtypeStruct((n_sample, self.d_in), jnp.float32))
+    state_sh = sharding.state_shardings(template, mesh, n_latents)
+    self.step_fn = make_train_step(mesh, sc, opt, state_sh)
+    restored = self.ckpt.restore_latest(template, state_sh)
+    if restored is None:
+      self.state = jax.device_put(fresh_state(), state_sh)
+      meta = {"records": [], "wall_time_s": 0.0}
+      self.last_saved = None
+    else:
+      self.state, meta = restored
+      self.last_saved = int(self.state.step)
+    self.start_step = int(self.state.step)
+    self.records: list[dict] = list(meta["records"])
+    self.wall0, self.t0 = float(meta["wall_time_s"]), time.time()
+    self.evals = set(eval_steps(self.n_steps, c.train.n_eval_points, c.train.first_eval_fraction))
+    self.pending = None  # (step, metrics) of the previous step, pulled to host one step late
+
+  def wall_time(self) -> float:
+    return self.wall0 + time.time() - self.t0
+
+  def check(self, step: int, m: dict) -> dict:
+    loss = float(m["loss"])
+    if not math.isfinite(loss):
+      where = f"step {self.last_saved}" if self.last_saved is not None else "none saved"
+      raise TrainingDivergedError(f"loss is {loss} at step {step}; last good checkpoint: "
+                                  f"{where} in {self.run_dir}/checkpoints")
+    return m
+
+  def step(self, step: int, x: jax.Array) -> dict | None:
+    """Train on batch `step`; evaluate and checkpoint on schedule. Returns the previous
+    step's metrics (host values) when available."""
+    self.state, metrics = self.step_fn(self.state, x)
+    previous = self.check(*jax.device_get(self.pending)) if self.pending is not None else None
+    self.pending = (step, metrics)
+    done = step + 1
+    if done in self.evals or done % self.c.train.checkpoint_every_steps == 0:
+      self.check(*jax.device_get(self.pending))
+      if done in self.evals:
+        measured = evaluate(self.state, self.source, self.c)
+        for evaluator in self.evaluators:
+          measured.update(evaluator(self.c, self.state, self.source))
+        self.records.append(_record(self.c, self.info, self.d_in, done, measured,
+                                    float(metrics["dead_fraction"]), self.wall_time()))
+      self.ckpt.save(done, self.state, {"records": self.records, "wall_time_s": self.wall_time()})
+      self.last_saved = done
+    return previous
+
+
+  def close(self) -> None:
+    if self.pending is not None:
+      self.check(*jax.device_get(self.pending))
+    self.ckpt.close()
+
+
+def data_pass_key(c: ml_collections.ConfigDict) -> tuple:
+  """SAEs whose configs agree on this key see the same batches in the same order and
+  can share one pass over the data (`train_many`)."""
+  return (c.seed, c.train.batch_size, c.train.n_devices, c.train.model_parallel)
+
+
+def train(c: ml_collections.ConfigDict, source: batches.ActivationSource, run_dir: str,
+          run_info: dict | None = None, progress: bool = True,
+          evaluators: Sequence[Evaluator] = ()) -> list[dict]:
+  """Train one SAE to its token budget, resuming from run_dir's last checkpoint.
+
+  Args:
+    c: config (resolved here against source.d_in).
+    source: activation source with "train" and "eval" splits.
+    run_dir: checkpoints go to run_dir/checkpoints.
+    run_info: fields copied into every record (sweep name, run id, model, layer, ...).
+    evaluators: more measures for every evaluation record (`Evaluator`), e.g.
+      `sae_jax.evals.TRAINING_EVALUATORS` (ground truth, `train.eval_measures`).
+
+  Returns:
+    One record per evaluation point (dicts; see README "Results table"), the last with
+    final=True.
+
+  Raises:
+    ConfigError: bad config, or a batch that does not split over the devices.
+    TrainingDivergedError: NaN/inf loss (the last good checkpoint is kept).
+  """
+  return train_many([c], source, [run_dir], [run_info], progress, evaluators)[0]
+
+
+def train_many(configs: list[ml_collections.ConfigDict], source: batches.ActivationSource,
+               run_dirs: list[str], run_infos: list[dict | None] | None = None,
+               progress: bool = True, evaluators: Sequence[Evaluator] = ()
+               ) -> list[list[dict]]:
+  """Train several SAEs in one pass over the data: each batch is read once and fed to
+  every SAE, each with its own state, checkpoints and schedule, so each result equals
+  training it alone (`train`). Runs may have different token budgets and may resume
+  from different steps; the pass covers the union.
+
+  Raises:
+    ConfigError: the configs disagree on `data_pass_key` (seed, batch size, devices),
+      or any error of `train`.
+  """
+  run_infos = run_infos or [None] * len(configs)
+  keys = {data_pass_key(config_lib.resolve(c)) for c in configs}
+  if len(keys) > 1:
+    raise ConfigError(
+        f"SAEs sharing a data pass need the same seed, batch size and devices; got {sorted(keys)}")
+  runs = [_Run(c, source, d, i, evaluators) for c, d, i in zip(configs, run_dirs, run_infos)]
+  mesh, B, seed = runs[0].mesh, runs[0].c.train.batch_size, runs[0].c.seed
+  start, end = min(r.start_step for r in runs), max(r.n_steps for r in runs)
+  batch_sh = sharding.batch_sharding(mesh)
+  rows = distributed.local_rows(batch_sh, B)
+  desc = runs[0].info.get("run_id", "train") if len(runs) == 1 else f"{len(runs)} SAEs"
+  bar = tqdm(total=end, initial=start, unit="step", desc=desc, leave=False,
+             disable=not (progress and distributed.is_primary()))
+  with jax.set_mesh(mesh):
+    for step, x in batches.stream(source, B, seed, start, end, rows=rows):
+      x = distributed.global_batch(batch_sh, x, B)
+      for run in runs:
+        if run.start_step <= step < run.n_steps:
+          m = run.step(step, x)
+          if m is not None and len(runs) == 1:
+            bar.set_postfix(nmse=f"{float(m['normalized_mse']):.4f}", refresh=False)
+      bar.update(1)
+  bar.close()
+  for run in runs:
+    run.close()
+  return [run.records for run in runs]
