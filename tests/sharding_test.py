@@ -8,6 +8,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sae_jax import config
+from sae_jax.saes import sharded_topk
 from sae_jax.training import checkpoint, sharding, trainer
 from train_test import _config, _source
 
@@ -21,7 +22,7 @@ def test_distributed_top_k_equals_top_k():
     mesh = sharding.make_mesh(8, model)
     with jax.set_mesh(mesh):
       x = jax.device_put(pre, NamedSharding(mesh, P("data", "model")))
-      v, i = jax.jit(lambda p: sharding.top_k(p, 8))(x)
+      v, i = jax.jit(lambda p: sharded_topk.top_k(p, 8))(x)
     np.testing.assert_array_equal(i, ref_i)
     np.testing.assert_array_equal(v, ref_v)
 

@@ -105,7 +105,7 @@ def make_train_step(mesh: Mesh, sc: StepConfig, opt: optax.GradientTransformatio
   """jit the train step once: the state laid out by `state_sharding` (default:
   replicated), the batch split over `data`, metrics replicated, the state donated.
   Call it inside `jax.set_mesh(mesh)` when the mesh has a `model` axis > 1, so TopK
-  runs exactly across latent shards (`sharding.top_k`)."""
+  runs exactly across latent shards (`sae_jax.saes.sharded_topk.top_k`)."""
   replicated = NamedSharding(mesh, P())
   state_sharding = replicated if state_sharding is None else state_sharding
   if mesh.devices.ravel()[0].platform == "cpu":
