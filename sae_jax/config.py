@@ -21,6 +21,7 @@ import math
 import ml_collections
 
 from sae_jax import files, saes
+from sae_jax.data import settings as data_settings
 from sae_jax.data import synthetic
 from sae_jax.errors import ConfigError
 
@@ -156,7 +157,6 @@ def resolve(c: ml_collections.ConfigDict, d_in: int | None = None) -> ml_collect
 
 
 _INPUT_NORMS = ("unit_norm", "mean_norm", "none")
-_DTYPES = ("float16", "bfloat16")
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
@@ -198,15 +198,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
        f"train.first_eval_fraction={t.first_eval_fraction} must be in (0, 1]")
   need(t.checkpoint_every_steps > 0,
        f"train.checkpoint_every_steps={t.checkpoint_every_steps} must be positive")
-  need(d.source in ("lm", "synthetic"), f"data.source={d.source!r} is not 'lm' or 'synthetic'")
-  need(d.dtype in _DTYPES, f"data.dtype={d.dtype!r} is not one of {', '.join(_DTYPES)}")
-  need(d.context_length >= 2, f"data.context_length={d.context_length} must be at least 2")
-  need(d.layer is None or d.layer >= 0, f"data.layer={d.layer} must be non-negative")
-  need(d.n_train_tokens > 0 and d.n_eval_tokens > 0,
-       "data.n_train_tokens and data.n_eval_tokens must be positive")
-  need(0 < d.eval_doc_fraction < 1,
-       f"data.eval_doc_fraction={d.eval_doc_fraction} must be in (0, 1)")
-  need(d.shard_tokens > 0, f"data.shard_tokens={d.shard_tokens} must be positive")
+  data_settings.validate(d)
 
 
 def cache_root(c: ml_collections.ConfigDict | None = None) -> str:

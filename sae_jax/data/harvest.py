@@ -28,6 +28,7 @@ from sae_jax import files
 from sae_jax.data import cache as cache_lib
 from sae_jax.data import corpus as corpus_lib
 from sae_jax.data import lm as lm_lib
+from sae_jax.data import settings as data_settings
 from sae_jax.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def get_or_harvest(cfg, progress: bool = True) -> cache_lib.ActivationCache:
   """The activation cache for a config: reused if complete, continued if half-written,
   else harvested (corpus -> split by document -> tokens -> LM residual stream -> shards).
 
-  Uses ``cfg.data.*`` and ``cfg.seed`` of a validated config (`sae_jax.config.validate`).
+  Uses ``cfg.data.*`` (checked by `sae_jax.data.settings.validate`) and ``cfg.seed``.
   The layer defaults to `lm.middle_layer`. The LM is loaded only when activations must be
   computed.
 
@@ -119,6 +120,7 @@ def get_or_harvest(cfg, progress: bool = True) -> cache_lib.ActivationCache:
     CacheCorruptError: the complete cache for these settings fails verification.
   """
   d = cfg.data
+  data_settings.validate(d)
   if d.site != "residual":
     raise ConfigError(f"data.site={d.site!r} is not supported; use 'residual'")
   root = files.cache_root(d.cache_dir)

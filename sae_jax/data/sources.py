@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from sae_jax.data import harvest, synthetic
+from sae_jax.data import harvest, settings, synthetic
 
 
 def get_source(cfg: ml_collections.ConfigDict, progress: bool = True):
@@ -13,8 +13,9 @@ def get_source(cfg: ml_collections.ConfigDict, progress: bool = True):
 
   Returns an object with the `sae_jax.data.batches.ActivationSource` interface and a
   `meta` dict (model, layer, ...). Raises ConfigError as `harvest.get_or_harvest` does,
-  or for an invalid generator setting.
+  or for an invalid data or generator setting.
   """
+  settings.validate(cfg.data)
   if cfg.data.source == "synthetic":
     gen = synthetic.GeneratorConfig.from_config(cfg.data.generator)
     return synthetic.SyntheticSource(gen, int(cfg.data.n_train_tokens), int(cfg.data.n_eval_tokens))
