@@ -207,5 +207,29 @@ JOINT_NK = Law(
     source="Gao et al. 2024, Eq. 3")
 
 
+# --- a power law in two variables: the optimal lr against n_latents and token budget ----
+
+def _pl2_design(u):
+  n, d = u["n"], u["D"]
+  return [np.stack([np.ones_like(n), -n, -d], axis=1)]
+
+
+def _pl2_uncentre(mu):
+  return np.array([[1.0, mu["n"], mu["D"]], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+
+
+def _pl2_inits(u, logy):
+  theta = _ols(_pl2_design(u)[0], logy)
+  return [theta, np.array([theta[0], 0.5, 0.0]), np.array([theta[0], 0.25, 0.25])]
+
+
+POWER_LAW_2 = Law(
+    name="power_law_2", formula="y = a * n^(-alpha) * D^(-beta)", params=("a", "alpha", "beta"),
+    log_params=frozenset({"a"}), inputs=("n", "D"), min_distinct=(2, 2),
+    design=_pl2_design, uncentre=_pl2_uncentre, inits=_pl2_inits,
+    source="Gao et al. 2024, Sec. 2.3 (lr* ~ n^(-1/2)), extended by the token budget D "
+           "(sweeps/lr_sweep.py)")
+
+
 LAWS: dict[str, Law] = {law.name: law for law in (
-    POWER_LAW, POWER_LAW_IRREDUCIBLE, GROWTH_POWER_LAW, JOINT_NK)}
+    POWER_LAW, POWER_LAW_IRREDUCIBLE, GROWTH_POWER_LAW, JOINT_NK, POWER_LAW_2)}

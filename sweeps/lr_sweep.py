@@ -1,40 +1,48 @@
-"""Learning-rate sweep: the optimal lr against n_latents.
+"""Learning-rate sweep: the optimal lr against n_latents and token budget.
 
 Reproduces, at SmolLM2-135M scale: Gao et al. 2024, Sec. 2.3 / Fig. 9 (the best
-learning rate falls as 1/sqrt(n_latents), the rule behind the default
-lr = 2e-4 / sqrt(n_latents / 2^14)). TopK SAEs at k = 32 with n_latents in
-{256, 1024, 4096}, each at 7 learning rates from 1/8 to 8 times that default (factor 2
-apart, 21 runs), all at the same token budget (the quickstart's 409,600 tokens, one epoch
-of its activation cache, reused if present). `analysis.optimal.optimal_learning_rates`
-takes the vertex of a parabola in log lr around each n_latents' best lr and fits
-lr*(n) = a n^(-alpha); Gao et al. find alpha = 0.5.
+learning rate falls with n_latents, as 1/sqrt(n) for their runs of billions of tokens),
+and measures how it moves with the token budget. TopK SAEs at k = 32 with n_latents in
+{256, 512, 1024, 2048} (the quickstart's sizes), each at 6 learning rates a factor 2
+apart, from 1/4 to 8 times centre(n) (24 runs), each for one epoch of the quickstart's
+activation cache (409,600 tokens, reused if present) and evaluated after 25,600, 51,200,
+102,400, 204,800 and 409,600 tokens. The lr is constant, so the evaluation after D tokens
+is exactly a run with token budget D: one sweep gives lr*(n) at five budgets.
+`python -m analysis.lr_rule runs/lr_sweep/results.jsonl` takes the vertex of a parabola in
+log lr around each (n, D)'s best lr and fits lr*(n, D) = a n^(-alpha) D^(-beta).
 
-Run time on a 2-core CPU, measured with the quickstart's cache present: 21 min 12 s
-(three data passes of 8, 8 and 5 SAEs; trained with train.topk_step="dense", before the
-sparse step existed, while other jobs shared the CPU part of the time -- the sparse step
-is faster). Add ~5 min of harvest without the cache. What it found at this budget:
-lr*(256) = 2.8e-3, lr*(1024) = 2.1e-3, lr*(4096) = 1.6e-3, every optimum inside the
-grid, so lr*(n) = 0.0088 n^(-0.21), standard error 0.006 (three points: no bootstrap
-interval). That falls more slowly than Gao et al.'s n^(-0.5), measured on much longer runs.
+Not yet measured in this design. Cost: 24 SAEs x 800 steps of n_latents <= 2048, about
+3 times the quickstart's training (1 min 55 s for 8 SAEs of these sizes on an idle 2-core
+CPU), so ~6 min plus evaluations. The previous design (n_latents 256, 1024, 4096; 7 lrs;
+final evaluation only; old tied init W_enc = W_dec^T) measured lr*(256) = 2.8e-3,
+lr*(1024) = 2.1e-3, lr*(4096) = 1.6e-3 at 409,600 tokens, lr*(n) = 0.0088 n^(-0.21).
 
-    sae-jax sweep sweeps/lr_sweep.py
-    sae-jax fit runs/lr_sweep
+    sae-jax sweep sweeps/lr_sweep.py --saes-per-pass 24
+    python -m analysis.lr_rule runs/lr_sweep/results.jsonl
 """
 
-from sae_jax.config import default_lr
 from sweeps import quickstart
 
-N_LATENTS = (256, 1024, 4096)
-LR_MULTIPLIERS = (1 / 8, 1 / 4, 1 / 2, 1, 2, 4, 8)
+N_LATENTS = (256, 512, 1024, 2048)
+LR_MULTIPLIERS = (1 / 4, 1 / 2, 1, 2, 4, 8)
+
+
+def centre(n_latents: int) -> float:
+  """The grid's centre: the previous design's optimum at 409,600 tokens, 0.0088 n^-0.21."""
+  return 0.0088 * n_latents ** -0.21
 
 
 def get_config():
   c = quickstart.get_config()  # the quickstart's data settings: one shared cache
   c.name = "lr_sweep"
   c.sae.k = 32
+  c.train.token_budget = 409_600
+  c.train.n_eval_points = 5
+  c.train.first_eval_fraction = 1 / 16
+  c.train.checkpoint_every_steps = 400
   return c
 
 
 def get_sweep():
-  return [{"sae.n_latents": n, "train.lr": default_lr(n) * m}
+  return [{"sae.n_latents": n, "train.lr": centre(n) * m}
           for n in N_LATENTS for m in LR_MULTIPLIERS]

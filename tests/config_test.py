@@ -3,6 +3,7 @@
 import pytest
 
 from sae_jax import config, overrides
+from sae_jax.training import step
 
 
 def _cfg(**kv):
@@ -33,6 +34,7 @@ def test_derived_fields_follow_the_formulas():
   assert c.sae.k == 32  # the TopK default
   assert c.train.lr == pytest.approx(2e-4 / (4096 / 2**14) ** 0.5)  # Gao et al. 2024
   assert c.train.k_aux == 256  # power of two near d_in / 2
+  assert step.hyper(c).encoder_init_scale == pytest.approx(3**-0.5)  # nn.Linear's row norm
   assert c.train.token_budget == c.data.n_train_tokens
   assert config.default_k_aux(768) == 512
 

@@ -43,6 +43,19 @@ def test_tied_init_unit_norm_decoder():
   assert not np.any(params["b_enc"])
 
 
+def test_encoder_init_scale_shrinks_the_tied_encoder_only():
+  hp = topk.Hyper(n_latents=64, k=4, encoder_init_scale=0.5)
+  scaled = topk.init(jax.random.PRNGKey(0), 16, 64, None, hp)
+  plain = _params()
+  np.testing.assert_array_equal(scaled["W_dec"], plain["W_dec"])  # decoder rows stay unit norm
+  np.testing.assert_allclose(scaled["W_enc"], 0.5 * plain["W_dec"].T, rtol=1e-6)
+  # the same latents win the TopK (scaling is monotone); their activations scale with it
+  x = jax.random.normal(jax.random.PRNGKey(3), (8, 16))
+  z_s, z_p = topk.encode_topk(scaled, x, 4), topk.encode_topk(plain, x, 4)
+  np.testing.assert_array_equal(np.asarray(z_s) != 0, np.asarray(z_p) != 0)
+  np.testing.assert_allclose(z_s, 0.5 * z_p, rtol=1e-5, atol=1e-7)
+
+
 def test_auxk_zero_without_dead_latents_and_positive_with():
   params = _params()
   x = jax.random.normal(jax.random.PRNGKey(2), (64, 16))

@@ -37,8 +37,9 @@ Params = base.Params
 
 
 @dataclasses.dataclass(frozen=True)
-class Hyper(base.Hyper):
-  """BatchTopK's hyperparameters (`sae.k`, `sae.threshold_momentum`)."""
+class Hyper(topk.TiedInit):
+  """BatchTopK's hyperparameters (`sae.k`, `sae.threshold_momentum`; the init's
+  `sae.encoder_init_scale` is TopK's, `topk.TiedInit`)."""
   k: int = 32  # mean active latents per token over the batch, the knob (Bussmann et al. 2024)
   threshold_momentum: float = 0.99  # EMA momentum of the inference threshold (our choice)
 
@@ -205,4 +206,4 @@ ARCH = base.Architecture(
     paper="Bussmann et al. 2024, BatchTopK sparse autoencoders", input_norm="unit_norm",
     sparse_step=True, encode_formula=ENCODE_FORMULA,
     # ReLU(pre) * 1[pre > theta] with one theta for every latent is SAELens' JumpReLU
-    saelens=("jumprelu", True), zoo_grid=topk.ARCH.zoo_grid)
+    saelens=("jumprelu", True), zoo_grid=topk.ARCH.zoo_grid, validate=topk.validate)

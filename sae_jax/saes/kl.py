@@ -43,7 +43,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from sae_jax.saes import base, relu_l1, topk
+from sae_jax.saes import base, relu_l1
 
 Params = base.Params
 
@@ -59,7 +59,15 @@ class Hyper(base.Hyper):
 RHO_HAT_MIN = 1e-6
 RHO_HAT_MARGIN = 1e-2
 
-init = topk.init  # tied, unit-norm decoder rows, b_enc = 0
+
+
+def init(key: jax.Array, d_in: int, n_latents: int, b_pre_D: jax.Array | None = None,
+         hp: Hyper | None = None) -> Params:
+  """Tied init: unit-norm decoder rows, W_enc = W_dec^T, b_enc = 0 (`base.tied_init`; the
+  TopK family's encoder_init_scale is not part of this recipe)."""
+  del hp
+  return base.tied_init(key, d_in, n_latents, b_pre_D)
+
 decode = base.decode
 init_extras = base.no_extras  # no training state beyond the params
 

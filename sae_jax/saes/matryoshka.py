@@ -104,7 +104,9 @@ def loss(params: Params, x_BxD: jax.Array, extras: dict, hp: base.Hyper, *,
 
 
 def validate(hp: Hyper) -> None:
-  """Raise ConfigError for prefixes that are not strictly ascending and ending at n_latents."""
+  """Raise ConfigError for prefixes that are not strictly ascending and ending at n_latents,
+  or a non-positive encoder_init_scale."""
+  batchtopk.ARCH.validate(hp)
   prefixes(hp.n_latents, hp)
 
 

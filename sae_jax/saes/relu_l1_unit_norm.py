@@ -36,7 +36,16 @@ class Hyper(base.Hyper):
   """ReLU + L1 with unit-norm decoder rows (`sae.sparsity_coefficient`)."""
   sparsity_coefficient: float = 1e-2  # lambda, the knob, in our units (lambda_paper / variance)
 
-init = topk.init
+
+
+def init(key: jax.Array, d_in: int, n_latents: int, b_pre_D: jax.Array | None = None,
+         hp: Hyper | None = None) -> Params:
+  """Tied init: unit-norm decoder rows, W_enc = W_dec^T, b_enc = 0 (`base.tied_init`;
+  Bricken et al. 2023 start tied; the TopK family's encoder_init_scale is not part of
+  this recipe)."""
+  del hp
+  return base.tied_init(key, d_in, n_latents, b_pre_D)
+
 pre_activations = topk.pre_activations
 decode = base.decode
 init_extras = base.no_extras  # no training state beyond the params
