@@ -27,8 +27,8 @@ from sae_jax.errors import ConfigError
 
 
 def optimal_lr_by_budget(records: Sequence[Mapping[str, Any]], *, min_tokens: int = 0,
-                         loss_key: str = "normalized_mse", n_bootstrap: int = 200
-                         ) -> dict[str, Any]:
+                         loss_key: str = "normalized_mse", n_bootstrap: int = 200,
+                         neighbours: int = 1) -> dict[str, Any]:
   """lr*(n) at each evaluated token count, and the joint fit lr*(n, D).
 
   Args:
@@ -37,6 +37,8 @@ def optimal_lr_by_budget(records: Sequence[Mapping[str, Any]], *, min_tokens: in
     min_tokens: token counts below this are ignored.
     loss_key: the loss field.
     n_bootstrap: bootstrap resamples of the joint fit.
+    neighbours: learning rates each side of the best in the vertex's parabola (1: the
+      three-point vertex; the loss is asymmetric about lr*, see optimal_learning_rates).
 
   Returns:
     {"per_budget": {D: optimal_learning_rates(...)["per_n"]}, "points": [(n, D, lr*)]
@@ -53,7 +55,8 @@ def optimal_lr_by_budget(records: Sequence[Mapping[str, Any]], *, min_tokens: in
     try:
       with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        per_n = optimal_learning_rates(at_D, loss_key=loss_key, n_bootstrap=0)["per_n"]
+        per_n = optimal_learning_rates(at_D, loss_key=loss_key, n_bootstrap=0,
+                                       neighbours=neighbours)["per_n"]
     except ConfigError:
       continue
     per_budget[D] = per_n

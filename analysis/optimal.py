@@ -163,12 +163,12 @@ def compute_optimal_allocation(records: Sequence[Mapping[str, Any]], *,
 
 def optimal_learning_rates(records: Sequence[Mapping[str, Any]], *, lr_key: str = "lr",
                            loss_key: str = LOSS_KEY, n_bootstrap: int = 200, seed: int = 0,
-                           huber_delta: float = 1e-3) -> dict[str, Any]:
+                           huber_delta: float = 1e-3, neighbours: int = 2) -> dict[str, Any]:
   """The best lr per n_latents of an lr sweep, and lr*(n) = a n^(-alpha).
 
   For each n_latents, the final losses are taken per distinct lr (geometric mean over
   repeats); if the lowest is interior, lr* is the vertex of the least-squares parabola in
-  (log lr, log L) through the best lr and up to two neighbours on each side, else the
+  (log lr, log L) through the best lr and up to `neighbours` on each side, else the
   best lr itself, flagged "edge" (left out of the fit, with a warning). Then
   `fit_law("power_law")` gives lr*(n) = a n^(-alpha) (Gao et al. 2024, Sec. 2.3:
   alpha = 0.5).
@@ -179,6 +179,9 @@ def optimal_learning_rates(records: Sequence[Mapping[str, Any]], *, lr_key: str 
     lr_key: the learning-rate field.
     loss_key: the loss field.
     n_bootstrap, seed, huber_delta: as in `analysis.fitting.fit_law`.
+    neighbours: learning rates on each side of the best one in the vertex's parabola. The
+      loss rises much faster above lr* (divergence) than below it, so a wide parabola
+      leans towards the low side; 1 keeps the vertex local.
 
   Returns:
     {"per_n": [{"n_latents", "lr_opt", "loss", "lrs", "losses", "edge"}, ...],
@@ -208,7 +211,7 @@ def optimal_learning_rates(records: Sequence[Mapping[str, Any]], *, lr_key: str 
     edge = i in (0, len(lrs) - 1)
     lr_opt = float(lrs[i])
     if not edge:
-      sl = slice(max(0, i - 2), min(len(lrs), i + 3))
+      sl = slice(max(0, i - neighbours), min(len(lrs), i + neighbours + 1))
       v = parabola_vertex(np.log(lrs[sl]), np.log(losses[sl]))
       lr_opt = float(np.exp(v)) if v is not None else lr_opt
     per_n.append({"n_latents": n, "lr_opt": lr_opt, "loss": float(losses[i]),

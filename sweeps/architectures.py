@@ -4,7 +4,8 @@ sparsity–fidelity frontier (normalized MSE vs L0, one curve per architecture).
 Same activations as sweeps/quickstart.py (residual stream of SmolLM2-135M-Instruct at
 layer 15, 409,600 training tokens of Shakespeare + KJV, 16,384 held-out tokens), so the
 activation cache is shared with it. Every SAE has n_latents = 512 and sees half the
-cache (204,800 tokens, batch 512, the quickstart's lr: 4 x 2e-4 / sqrt(n_latents / 2^14)),
+cache (204,800 tokens, batch 512, the default lr rule
+`sae_jax.config.default_lr`: lr*(n, D) measured on this cache),
 so the whole comparison runs in minutes; scale it up with, e.g.,
 `--set sae.n_latents=2048 train.token_budget=409600` (about 8x the time). The sparsity knob is k for the TopK family (topk, batchtopk,
 matryoshka_batchtopk) and the penalty coefficient lambda for the others (relu_l1,

@@ -11,11 +11,14 @@ is exactly a run with token budget D: one sweep gives lr*(n) at five budgets.
 `python -m analysis.lr_rule runs/lr_sweep/results.jsonl` takes the vertex of a parabola in
 log lr around each (n, D)'s best lr and fits lr*(n, D) = a n^(-alpha) D^(-beta).
 
-Not yet measured in this design. Cost: 24 SAEs x 800 steps of n_latents <= 2048, about
-3 times the quickstart's training (1 min 55 s for 8 SAEs of these sizes on an idle 2-core
-CPU), so ~6 min plus evaluations. The previous design (n_latents 256, 1024, 4096; 7 lrs;
-final evaluation only; old tied init W_enc = W_dec^T) measured lr*(256) = 2.8e-3,
-lr*(1024) = 2.1e-3, lr*(4096) = 1.6e-3 at 409,600 tokens, lr*(n) = 0.0088 n^(-0.21).
+Measured (encoder init W_dec^T/sqrt(3)): lr*(n, D) = 1.386 n^-0.281 D^-0.348 (the fit's
+standard errors, 0.021 on alpha and 0.017 on beta, are not coverage-checked: a guide to
+precision, not an interval), from 20 interior optima (the vertex of the
+three-point parabola around each best lr); every (n, D) optimum is interior. lr* at
+409,600 tokens: 3.26e-3, 2.67e-3, 2.14e-3, 1.71e-3 for n = 256 .. 2048; at 25,600 tokens
+6.5e-3 .. 4.9e-3. `sae_jax.config.default_lr` holds these constants. Run time: 9 min 30 s
+(one data pass of 24 SAEs, 563 s of it training and evaluating) on the 2-core CPU with
+other jobs holding a load average of ~12 at lower priority.
 
     sae-jax sweep sweeps/lr_sweep.py --saes-per-pass 24
     python -m analysis.lr_rule runs/lr_sweep/results.jsonl

@@ -28,11 +28,6 @@ def get_config():
   # for a quarter of the budget counts as dead here, so AuxK is active.
   c.train.dead_tokens = 100_000
   c.train.checkpoint_every_steps = 200
-  # Gao et al.'s lr = 2e-4 / sqrt(n_latents / 2^14) is tuned for runs of billions of
-  # tokens; over 409,600 tokens 4x that (still ~ 1/sqrt(n_latents)) separates the sizes
-  # clearly (measured: final normalized MSE falls with n_latents at each k by 5-10% per
-  # doubling instead of 1-10%, and fewer latents die).
-  c.train.lr_scale = 4.0
   return c
 
 

@@ -32,7 +32,12 @@ def test_unknown_key_is_an_error():
 def test_derived_fields_follow_the_formulas():
   c = config.resolve(_cfg(**{"sae.n_latents": 4096}), d_in=576)
   assert c.sae.k == 32  # the TopK default
-  assert c.train.lr == pytest.approx(2e-4 / (4096 / 2**14) ** 0.5)  # Gao et al. 2024
+  # the measured rule lr*(n, D) = 1.386 n^-0.281 D^-0.348 (sweeps/lr_sweep.py)
+  assert c.train.lr == pytest.approx(1.386 * 4096**-0.281 * c.data.n_train_tokens**-0.348)
+  assert config.default_lr(4096, 10**6) < config.default_lr(1024, 10**6)  # falls with n
+  assert config.default_lr(1024, 10**7) < config.default_lr(1024, 10**6)  # and with D
+  assert config.resolve(_cfg(**{"sae.n_latents": 4096, "train.lr_scale": 2.0}),
+                        d_in=576).train.lr == pytest.approx(2 * c.train.lr)
   assert c.train.k_aux == 256  # power of two near d_in / 2
   assert step.hyper(c).encoder_init_scale == pytest.approx(3**-0.5)  # nn.Linear's row norm
   assert c.train.token_budget == c.data.n_train_tokens
