@@ -94,6 +94,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.n_eval_points = 8  # log-spaced evaluation points over the token budget
   c.train.first_eval_fraction = 1 / 64  # first evaluation at this fraction of the budget
   c.train.checkpoint_every_steps = 100
+  # Divergence: a run stops (marked failed, its last good checkpoint kept; the other SAEs
+  # of its data pass go on) when its loss is NaN/inf or its training normalized MSE
+  # exceeds divergence_factor x the larger of its first step's and 1 (the error of
+  # predicting the mean); 0: no bound. Not part of a run's identity: a run either
+  # finishes identically or fails.
+  c.train.divergence_factor = 10.0
   c.train.n_devices = ml_collections.FieldReference(None, field_type=int)  # None: all
   # Measures of the evaluation suite (sae_jax.evals.suite: "downstream", "probes",
   # "ablation", "explain") added to every evaluation record; they run the LM, so cost
@@ -199,6 +205,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   need(t.n_eval_points >= 1, f"train.n_eval_points={t.n_eval_points} must be at least 1")
   need(0 < t.first_eval_fraction <= 1,
        f"train.first_eval_fraction={t.first_eval_fraction} must be in (0, 1]")
+  need(t.get("divergence_factor", 10.0) == 0 or t.get("divergence_factor", 10.0) > 1,
+       f"train.divergence_factor={t.get('divergence_factor')} must be above 1 (or 0: no bound)")
   need(t.checkpoint_every_steps > 0,
        f"train.checkpoint_every_steps={t.checkpoint_every_steps} must be positive")
   data_settings.validate(d)

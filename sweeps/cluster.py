@@ -140,14 +140,19 @@ def run_sweep_jobs(path: str, cli_overrides: dict | None, executor: str, group_s
     except Exception as e:  # pylint: disable=broad-except  # submitit's FailedJobError etc.
       last = [l for l in str(e).strip().splitlines() if l.strip()]
       failed.append((job, idx, last[-1] if last else type(e).__name__))
+  results, n_done = [], 0
+  for pt in p.points:
+    rec_path = os.path.join(out, pt.run_id, "records.json")
+    if os.path.exists(rec_path):  # finished, whatever became of the other points
+      with open(rec_path) as f:
+        results.extend(json.load(f))
+      n_done += 1
   if failed:
+    if results:  # the finished points' table first; no fits over a sweep with holes
+      launch.write_results(out, results, n_done, False, log, t0)
     job, idx, why = failed[0]
     raise ConfigError(
         f"{len(failed)} of {len(jobs)} job(s) failed; first: job {job.job_id} (points {idx}): "
         f"{why}; log in {job.paths.stderr}; rerun the same command to resume")
-  results = []
-  for pt in p.points:
-    with open(os.path.join(out, pt.run_id, "records.json")) as f:
-      results.extend(json.load(f))
   return launch.write_results(out, results, len(points), fit, log, t0)
 
