@@ -100,6 +100,9 @@ def fit_scaling_laws(records: Sequence[Mapping[str, Any]], *, loss_key: str = LO
                       f"{', '.join(CONVERGENCE_POLICIES)}")
   usable = [r for r in records if is_usable(r, loss_key)]
   n_excluded = len(records) - len(usable)
+  if not usable:
+    raise ConfigError(f"none of the {len(records)} records has a usable {loss_key} (missing, "
+                      f"non-finite or non-positive); check the results file or --loss")
   if n_excluded:
     warn_caller(f"leaving out {n_excluded} of {len(records)} records with a missing, "
                 f"non-finite or non-positive {loss_key}")

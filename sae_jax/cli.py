@@ -1,8 +1,8 @@
 """`sae-jax`: harvest activations, train one SAE, run a sweep, fit scaling laws.
 
-    sae-jax harvest [--sweep FILE] [--set data.layer=10 ...]
-    sae-jax train   [--sweep FILE] [--set sae.n_latents=4096 sae.k=32 ...]
-    sae-jax sweep   FILE [--set ...] [--no-fit] [--dry-run]
+    sae-jax harvest [--sweep FILE] [--set data.layer=10 ...] [--corpus-encoding ENC]
+    sae-jax train   [--sweep FILE] [--set sae.n_latents=4096 sae.k=32 ...] [--corpus-encoding ENC]
+    sae-jax sweep   FILE [--set ...] [--override-points] [--no-fit] [--dry-run]
                     [--executor inline|local|slurm] [--group-size G] [--slurm KEY=VALUE ...]
     sae-jax export  RUN_DIR [--out DIR]
     sae-jax fit     RESULTS [--out DIR] [--filter k=32 ...]
@@ -41,6 +41,21 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                  help="take the base config of this sweep file (default: sae_jax.config defaults)")
   p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                  help="override config fields, e.g. --set sae.k=16 data.layer=10 data.corpus=my.txt")
+  _add_encoding_arg(p)
+
+
+def _add_encoding_arg(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--corpus-encoding", metavar="ENC",
+                 help="encoding of local .txt/.jsonl corpus files, e.g. latin-1 (default "
+                 "utf-8; same as --set data.corpus_encoding=ENC)")
+
+
+def _overrides(args) -> dict:
+  """--set KEY=VALUE ... plus the options that stand for a config key."""
+  out = overrides_lib.parse(args.set)
+  if args.corpus_encoding is not None:
+    out["data.corpus_encoding"] = args.corpus_encoding
+  return out
 
 
 def _config(args) -> "config_lib.ml_collections.ConfigDict":
@@ -48,7 +63,7 @@ def _config(args) -> "config_lib.ml_collections.ConfigDict":
     base, _ = points.load_sweep(args.sweep)
   else:
     base = config_lib.default_config()
-  return overrides_lib.apply(base, overrides_lib.parse(args.set))
+  return overrides_lib.apply(base, _overrides(args))
 
 
 def _harvest(args) -> None:
@@ -90,20 +105,23 @@ def _train(args) -> None:
 
 def _sweep(args) -> None:
   from sweeps import cluster, launch, plan  # heavy: torch, transformers
-  overrides = overrides_lib.parse(args.set)
+  overrides = _overrides(args)
   params = cluster.parse_params(args.slurm)
   if args.dry_run:
     p = plan.plan(args.file, overrides, args.group_size, args.device_memory_gb,
                   args.device_flops, n_devices=cluster.job_devices(args.executor, params),
-                  measure=True, elsewhere=args.executor == "slurm")
+                  measure=True, elsewhere=args.executor == "slurm",
+                  override_points=args.override_points)
     print(plan.format_plan(p, args.executor))
     plan.check_fits(p)
   elif args.executor == "inline":
     launch.run_sweep(args.file, overrides, fit=not args.no_fit,
-                     device_memory_gb=args.device_memory_gb, saes_per_pass=args.saes_per_pass)
+                     device_memory_gb=args.device_memory_gb, saes_per_pass=args.saes_per_pass,
+                     override_points=args.override_points)
   else:
     cluster.run_sweep_jobs(args.file, overrides, args.executor, args.group_size, params,
-                           fit=not args.no_fit, device_memory_gb=args.device_memory_gb)
+                           fit=not args.no_fit, device_memory_gb=args.device_memory_gb,
+                           override_points=args.override_points)
 
 
 def _export(args) -> None:
@@ -189,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("file", help="sweep file, e.g. sweeps/quickstart.py")
   p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                  help="override the sweep's base config, e.g. --set out_dir=/tmp/runs")
+  _add_encoding_arg(p)
+  p.add_argument("--override-points", action="store_true",
+                 help="apply --set keys that the sweep's points also set to every point "
+                 "(without it such a key is an error)")
   p.add_argument("--no-fit", action="store_true", help="skip the fits and plots at the end")
   p.add_argument("--dry-run", action="store_true",
                  help="print the plan (run ids, FLOPs, memory, wall time per point, jobs) and "

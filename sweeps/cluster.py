@@ -53,12 +53,15 @@ class PointsJob(submitit.helpers.Checkpointable):
   resumes from the points' Orbax checkpoints.
   """
 
-  def __init__(self, path: str, indices: list[int], cli_overrides: dict):
+  def __init__(self, path: str, indices: list[int], cli_overrides: dict,
+               override_points: bool = False):
     self.path, self.indices, self.cli_overrides = os.path.abspath(path), list(indices), dict(cli_overrides)
+    self.override_points = override_points
 
   def __call__(self) -> list[str]:
     distributed.initialize()  # several SLURM tasks per job: one jax.distributed run
-    records = launch.run_points(self.path, self.indices, self.cli_overrides, progress=False)
+    records = launch.run_points(self.path, self.indices, self.cli_overrides, progress=False,
+                                override_points=getattr(self, "override_points", False))
     return [r[-1]["run_id"] if r else "" for r in records]
 
 
@@ -97,7 +100,8 @@ def make_executor(kind: str, folder: str, params: dict | None = None):
 
 def run_sweep_jobs(path: str, cli_overrides: dict | None, executor: str, group_size: int = 1,
                    params: dict | None = None, fit: bool = True, progress: bool = True,
-                   device_memory_gb: float | None = None, log=print) -> str:
+                   device_memory_gb: float | None = None, log=print,
+                   override_points: bool = False) -> str:
   """Run a sweep as submitit jobs, one per group of `group_size` points; return the path
   of results.jsonl (identical to an inline run's).
 
@@ -110,9 +114,9 @@ def run_sweep_jobs(path: str, cli_overrides: dict | None, executor: str, group_s
       (the message names the first and where its log is; rerun to resume).
   """
   cli_overrides = dict(cli_overrides or {})
-  base, points, configs = points_lib.prepare(path, cli_overrides)
+  base, points, configs = points_lib.prepare(path, cli_overrides, override_points)
   p = plan_lib.plan(path, cli_overrides, group_size, device_memory_gb, elsewhere=executor == "slurm",
-           n_devices=job_devices(executor, params))
+           n_devices=job_devices(executor, params), override_points=override_points)
   plan_lib.check_fits(p)
   out = p.out
   files.check_writable(out)
@@ -124,7 +128,7 @@ def run_sweep_jobs(path: str, cli_overrides: dict | None, executor: str, group_s
   folder = os.path.join(out, "submitit", "%j")
   ex = make_executor(executor, folder, params)
   with ex.batch():  # one job array on SLURM
-    jobs = [ex.submit(PointsJob(path, idx, cli_overrides)) for idx in p.jobs]
+    jobs = [ex.submit(PointsJob(path, idx, cli_overrides, override_points)) for idx in p.jobs]
   log(f"submitted {len(jobs)} {executor} job(s) for {len(points)} points: "
       f"{', '.join(j.job_id for j in jobs)} (logs under {os.path.dirname(folder)})")
   t0 = time.time()
@@ -136,14 +140,19 @@ def run_sweep_jobs(path: str, cli_overrides: dict | None, executor: str, group_s
     except Exception as e:  # pylint: disable=broad-except  # submitit's FailedJobError etc.
       last = [l for l in str(e).strip().splitlines() if l.strip()]
       failed.append((job, idx, last[-1] if last else type(e).__name__))
+  results, n_done = [], 0
+  for pt in p.points:
+    rec_path = os.path.join(out, pt.run_id, "records.json")
+    if os.path.exists(rec_path):  # finished, whatever became of the other points
+      with open(rec_path) as f:
+        results.extend(json.load(f))
+      n_done += 1
   if failed:
+    if results:  # the finished points' table first; no fits over a sweep with holes
+      launch.write_results(out, results, n_done, False, log, t0)
     job, idx, why = failed[0]
     raise ConfigError(
         f"{len(failed)} of {len(jobs)} job(s) failed; first: job {job.job_id} (points {idx}): "
         f"{why}; log in {job.paths.stderr}; rerun the same command to resume")
-  results = []
-  for pt in p.points:
-    with open(os.path.join(out, pt.run_id, "records.json")) as f:
-      results.extend(json.load(f))
   return launch.write_results(out, results, len(points), fit, log, t0)
 

@@ -7,6 +7,7 @@ get_config() (the base config) and get_sweep() (one dict of overrides per point)
 Outputs, under <out_dir>/<name>/:
     <run_id>/checkpoints/   Orbax checkpoints of the point (resume from here)
     <run_id>/records.json   the point's evaluation records, written when it finishes
+    <run_id>/failed.json    instead, if it diverged: the error, step, last good checkpoint
     results.jsonl           one record per (run, evaluation point), rebuilt atomically
     fits.json, plots/       from `analysis.report.fit_sweep`
 """
@@ -23,6 +24,7 @@ import jax
 
 from sae_jax import config as config_lib, evals, files
 from sae_jax.data import sources
+from sae_jax.errors import TrainingDivergedError
 from sae_jax.tools import export
 from sae_jax.training import distributed, trainer
 from sweeps import plan as plan_lib
@@ -38,9 +40,10 @@ from analysis import report
 
 def run_points_here(indices: list[int], points: list[dict], configs: list, out: str,
                     caches: dict, progress: bool = True, log=print,
-                    saes_per_pass: int = 8) -> dict[int, list[dict]]:
+                    saes_per_pass: int = 8
+                    ) -> tuple[dict[int, list[dict]], dict[int, TrainingDivergedError]]:
   """Train points `indices` of a sweep in this process (or reuse their records.json),
-  export them, and return {index: records}.
+  export the finished ones, and return ({index: records}, {index: divergence error}).
 
   The one per-point code path of every executor: harvest or reuse the activation source
   (memoised in `caches` by data settings); points that share a source and its batches
@@ -48,10 +51,13 @@ def run_points_here(indices: list[int], points: list[dict], configs: list, out: 
   data (`trainer.train_many`: each batch read once, each SAE as if trained alone, with
   the evaluation suite's `evals.TRAINING_EVALUATORS` at every evaluation point); each
   resumes from its own checkpoints and writes <out>/<run_id>/records.json and its
-  portable export (`sae_jax.tools.export`).
+  portable export (`sae_jax.tools.export`). A point that diverges is dropped from its
+  pass while the others train to the end (`trainer.train_many(keep_going=True)`); it is
+  left with <run_id>/failed.json, no records.json, so a relaunch retries it alone.
   """
   primary = distributed.is_primary()
   results: dict[int, list[dict]] = {}
+  failed: dict[int, TrainingDivergedError] = {}
   run_dirs: dict[int, str] = {}
   todo: dict[tuple, list] = {}
   for i in indices:
@@ -69,6 +75,8 @@ def run_points_here(indices: list[int], points: list[dict], configs: list, out: 
         results[i] = json.load(f)
       log(f"[{i + 1}/{len(points)}] {rid}: finished earlier, reusing its records")
       continue
+    if os.path.exists(os.path.join(run_dir, trainer.FAILED)):
+      log(f"[{i + 1}/{len(points)}] {rid}: failed earlier ({trainer.FAILED}); retrying it")
     os.makedirs(run_dir, exist_ok=True)
     if primary:
       files.write_json_atomic(os.path.join(run_dir, "config.json"), resolved.to_dict())
@@ -89,19 +97,37 @@ def run_points_here(indices: list[int], points: list[dict], configs: list, out: 
       all_records = trainer.train_many([r for _, r, _, _ in chunk], caches[data_key],
                                        [d for _, _, d, _ in chunk], [f for _, _, _, f in chunk],
                                        progress=progress and primary,
-                                       evaluators=evals.TRAINING_EVALUATORS)
+                                       evaluators=evals.TRAINING_EVALUATORS, keep_going=True)
       for (i, _, run_dir, info), records in zip(chunk, all_records):
+        if isinstance(records, TrainingDivergedError):
+          log(f"    {info['run_id']}: failed: {records}")
+          failed[i] = records
+          continue
         if primary:
           files.write_json_atomic(os.path.join(run_dir, "records.json"), records)
+          if os.path.exists(os.path.join(run_dir, trainer.FAILED)):
+            os.remove(os.path.join(run_dir, trainer.FAILED))  # an earlier failure, now retried
         last = records[-1]
         log(f"    {info['run_id']}: normalized MSE {last['normalized_mse']:.4f}, "
             f"L0 {last['l0']:.1f}, dead {last['dead_fraction']:.3f}, "
             f"{last['wall_time_s']:.0f} s")
         results[i] = records
   for i in indices:
-    if primary and not os.path.exists(os.path.join(run_dirs[i], "export", "config.json")):
+    if (primary and i in results
+        and not os.path.exists(os.path.join(run_dirs[i], "export", "config.json"))):
       export_point(run_dirs[i])
-  return results
+  return results, failed
+
+
+def failure_error(failed: dict[int, TrainingDivergedError], n_points: int,
+                  log=print) -> TrainingDivergedError:
+  """Log one line per failed point; return the one-line error that ends the sweep."""
+  for i, e in sorted(failed.items()):
+    log(f"point {i + 1} failed: {e}")
+  return TrainingDivergedError(
+      f"{len(failed)} of {n_points} point(s) diverged (listed above, each with a "
+      f"{trainer.FAILED}); the other points are saved; lower their train.lr and rerun "
+      "to retry only the failed ones")
 
 
 def export_point(run_dir: str) -> str:
@@ -120,7 +146,8 @@ def export_point(run_dir: str) -> str:
 
 
 def run_points(path: str, indices: list[int], cli_overrides: dict | None = None,
-               progress: bool = False, log=print) -> list[list[dict]]:
+               progress: bool = False, log=print, override_points: bool = False
+               ) -> list[list[dict]]:
   """Run points `indices` of the sweep file at `path` (what one cluster job does); return
   their records. Takes only a path, ints and a dict of plain values, so it pickles.
 
@@ -129,10 +156,13 @@ def run_points(path: str, indices: list[int], cli_overrides: dict | None = None,
   """
   if not distributed.is_primary():
     log = lambda *_: None  # noqa: E731 -- only process 0 speaks and writes
-  base, points, configs = prepare(path, cli_overrides)
-  plan_lib.check_fits(plan_lib.plan(path, cli_overrides, only=indices))
+  base, points, configs = prepare(path, cli_overrides, override_points)
+  plan_lib.check_fits(plan_lib.plan(path, cli_overrides, only=indices,
+                                    override_points=override_points))
   out = os.path.join(base.out_dir, base.name)
-  done = run_points_here(indices, points, configs, out, {}, progress, log)
+  done, failed = run_points_here(indices, points, configs, out, {}, progress, log)
+  if failed:
+    raise failure_error(failed, len(indices), log)
   return [done[i] for i in indices]
 
 
@@ -151,11 +181,13 @@ def write_results(out: str, results: list[dict], n_points: int, fit: bool, log=p
 
 def run_sweep(path: str, cli_overrides: dict | None = None, fit: bool = True,
               progress: bool = True, log=print, device_memory_gb: float | None = None,
-              saes_per_pass: int = 8) -> str:
+              saes_per_pass: int = 8, override_points: bool = False) -> str:
   """Run a sweep file end to end in this process; return the path of its results.jsonl.
 
   Finished points (records.json present) are skipped; interrupted ones resume from their
-  last checkpoint. Every point's config is validated, and its parameters + optimizer
+  last checkpoint; failed ones (failed.json) are retried. If a point diverges, the others
+  still train, results.jsonl holds the finished ones (no fits), and TrainingDivergedError
+  is raised at the end. Every point's config is validated, and its parameters + optimizer
   state checked against the device memory (`sweeps.plan.check_fits`), before anything
   runs. Cluster executors: `sweeps.cluster.run_sweep_jobs`.
   """
@@ -163,17 +195,23 @@ def run_sweep(path: str, cli_overrides: dict | None = None, fit: bool = True,
   if not primary:
     log = lambda *_: None  # noqa: E731 -- only process 0 speaks and writes
 
-  base, points, configs = prepare(path, cli_overrides)
-  plan_lib.check_fits(plan_lib.plan(path, cli_overrides, device_memory_gb=device_memory_gb))
+  base, points, configs = prepare(path, cli_overrides, override_points)
+  plan_lib.check_fits(plan_lib.plan(path, cli_overrides, device_memory_gb=device_memory_gb,
+                                    override_points=override_points))
   out = os.path.join(base.out_dir, base.name)
   files.check_writable(out)
 
   t0 = time.time()
-  done = run_points_here(list(range(len(points))), points, configs, out, {}, progress, log,
-                         saes_per_pass)
-  results = [rec for i in range(len(points)) for rec in done[i]]
+  done, failed = run_points_here(list(range(len(points))), points, configs, out, {}, progress,
+                                 log, saes_per_pass)
+  results = [rec for i in range(len(points)) if i in done for rec in done[i]]
   if not primary:
+    if failed:
+      raise failure_error(failed, len(points), log)
     return os.path.join(out, "results.jsonl")
+  if failed:  # the finished points' table first; no fits over a sweep with holes
+    write_results(out, results, len(done), False, log, t0)
+    raise failure_error(failed, len(points), log)
   return write_results(out, results, len(points), fit, log, t0)
 
 

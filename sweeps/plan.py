@@ -164,7 +164,8 @@ def groups(n_points: int, group_size: int) -> list[list[int]]:
 def plan(path: str, cli_overrides: dict | None = None, group_size: int = 1,
          device_memory_gb: float | None = None, device_flops: float | None = None,
          n_devices: int | None = None, only: list[int] | None = None,
-         measure: bool = False, elsewhere: bool = False) -> Plan:
+         measure: bool = False, elsewhere: bool = False,
+         override_points: bool = False) -> Plan:
   """The plan of a sweep: per point its run id, FLOPs, memory and (if a throughput is
   given or `measure`) wall time, and the grouping into jobs. Harvests nothing, loads no
   LM, creates no directory.
@@ -177,11 +178,12 @@ def plan(path: str, cli_overrides: dict | None = None, group_size: int = 1,
       process's.
     only: plan only these point indices.
     elsewhere: the points run on other machines (SLURM), not on this process's devices.
+    override_points: command-line keys replace the points' own (`points.prepare`).
 
   Raises:
     ConfigError: a bad sweep file or point.
   """
-  base, points, configs = points_lib.prepare(path, cli_overrides)
+  base, points, configs = points_lib.prepare(path, cli_overrides, override_points)
   jobs = groups(len(points), group_size)
   job_of = {i: j for j, idx in enumerate(jobs) for i in idx}
   n_dev = n_devices or len(jax.devices())

@@ -71,7 +71,7 @@ def test_local_txt_dir_and_jsonl(tmp_path):
   p.write_text("\n".join(json.dumps({"text": t}) for t in ["x y", "z"]) + "\n")
   assert [d.text for d in corpus.load_documents(str(p), str(tmp_path))] == ["x y", "z"]
   p.write_text('{"txt": "no text field"}\n')
-  with pytest.raises(ConfigError, match="'text' field"):
+  with pytest.raises(ConfigError, match="'text' string"):
     corpus.load_documents(str(p), str(tmp_path))
 
 

@@ -200,3 +200,33 @@ def test_unmappable_files_fail_with_one_line(tmp_path):
     interchange.read_openai(sd)
   with pytest.raises(ConfigError, match="holds no SAE"):
     interchange.load(str(tmp_path))
+
+
+def test_foreign_configs_that_do_not_say_what_they_are_are_refused(tmp_path):
+  """Issue 20: a cfg.json without architecture was imported as relu_l1_unit_norm (k
+  dropped), and k = 10**6 > d_sae was accepted."""
+  params, cfg = _sae("topk", "none")
+  sl = interchange.to_saelens(interchange.write_export(params, cfg, str(tmp_path / "o")),
+                              str(tmp_path / "sl"))
+  good = json.load(open(f"{sl}/cfg.json"))
+  del good["sae_jax"]  # a config as SAELens itself writes it
+  cases = [({"architecture": None}, "does not say which architecture"),
+           ({"k": 10**6, "activation_fn_kwargs": {"k": 10**6}}, r"k=1000000, which is not an integer in \[1, d_sae"),
+           ({"k": 0, "activation_fn_kwargs": {}}, "k=0"),
+           ({"k": K + 1}, "two values of k"),
+           ({"architecture": "standard"}, "disagree; for a TopK SAE set architecture to 'topk'"),
+           ({"d_sae": N + 1}, "do not belong together")]
+  for change, match in cases:
+    c = {**good, **change}
+    if change.get("architecture", "") is None:
+      del c["architecture"]
+    json.dump(c, open(f"{sl}/cfg.json", "w"))
+    with pytest.raises(ConfigError, match=match) as e:
+      interchange.load(sl)
+    assert "\n" not in str(e.value)
+  json.dump(good, open(f"{sl}/cfg.json", "w"))
+  back, back_cfg = interchange.load(sl)
+  assert back_cfg["architecture"] == "topk" and back_cfg["k"] == K
+  open(f"{sl}/cfg.json", "w").write("{not json")
+  with pytest.raises(ConfigError, match="not valid JSON"):
+    interchange.load(sl)

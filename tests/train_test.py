@@ -1,5 +1,8 @@
 """The trainer: data-parallel equality, exact resume, the data stream, evaluation."""
 
+import json
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -209,3 +212,40 @@ def test_evaluation_suite_measures_join_the_records(tmp_path, monkeypatch):
                           evaluators=evals.TRAINING_EVALUATORS)
   assert all(r["delta_ce"] == 0.5 and r["kl"] == 0.25 for r in records)
   assert calls == [(("downstream",), 4)] * len(records)
+
+
+def test_a_finite_blow_up_is_divergence_and_leaves_only_good_checkpoints(tmp_path):
+  """Issue 20: lr=1e6 trained to a normalized MSE of 1e29 and finished without a word."""
+  with pytest.raises(errors.TrainingDivergedError,
+                     match=r"normalized MSE .* exceeds .*divergence_factor.* at step \d+; lower "
+                           r"train.lr \(now 1e\+06\)") as e:
+    trainer.train(_config(n_devices=1, lr=1e6), _source(), str(tmp_path), progress=False)
+  failed = json.loads((tmp_path / trainer.FAILED).read_text())
+  assert failed["failed"] and failed["step"] == e.value.step
+  assert failed["last_good_checkpoint"] == e.value.last_good_step
+  saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
+  assert all(s <= (e.value.last_good_step or 0) for s in saved)  # the diverged one is gone
+  # with the bound off, the same run trains to the end on finite nonsense
+  records = trainer.train(_config(n_devices=1, lr=1e6, divergence_factor=0.0), _source(),
+                          str(tmp_path / "unbounded"), progress=False)
+  assert records[-1]["normalized_mse"] > 10
+
+
+def test_a_diverging_sae_leaves_its_pass_and_the_others_finish_as_alone(tmp_path):
+  source = _source()
+  healthy, bad = _config(n_devices=1), _config(n_devices=1, lr=1e20)
+  alone = trainer.train(healthy, source, str(tmp_path / "alone"), progress=False)
+  out = trainer.train_many([bad, healthy], source, [str(tmp_path / "bad"), str(tmp_path / "ok")],
+                           progress=False, keep_going=True)
+  assert isinstance(out[0], errors.TrainingDivergedError) and "at step" in str(out[0])
+  assert (tmp_path / "bad" / trainer.FAILED).exists()
+  assert not (tmp_path / "ok" / trainer.FAILED).exists()
+  strip = lambda rs: [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rs]
+  assert strip(out[1]) == strip(alone)
+  a, _ = checkpoint.Checkpointer(str(tmp_path / "alone" / "checkpoints")).restore_untyped()
+  b, _ = checkpoint.Checkpointer(str(tmp_path / "ok" / "checkpoints")).restore_untyped()
+  for name in a["params"]:
+    np.testing.assert_array_equal(a["params"][name], b["params"][name])
+  with pytest.raises(errors.TrainingDivergedError):  # without keep_going: at once
+    trainer.train_many([bad, healthy], source, [str(tmp_path / "b2"), str(tmp_path / "o2")],
+                       progress=False)

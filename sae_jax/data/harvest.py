@@ -134,7 +134,7 @@ def get_or_harvest(cfg, progress: bool = True) -> cache_lib.ActivationCache:
   if corpus_lib.is_streaming(d.corpus):
     docs, c_hash = None, hashlib.sha256(d.corpus.encode()).hexdigest()  # identified by name
   else:
-    docs = corpus_lib.load_documents(d.corpus, root)
+    docs = corpus_lib.load_documents(d.corpus, root, d.get("corpus_encoding", "utf-8"))
     c_hash = corpus_lib.corpus_hash(docs)
   settings = cache_settings(cfg, info["weights_hash"], layer, c_hash)
   key = cache_key(settings)

@@ -5,6 +5,8 @@ config)."""
 
 from __future__ import annotations
 
+import codecs
+
 from sae_jax.errors import ConfigError
 
 SOURCES = ("lm", "synthetic")
@@ -30,4 +32,10 @@ def validate(d) -> None:
        "data.n_train_tokens and data.n_eval_tokens must be positive")
   need(0 < d.eval_doc_fraction < 1,
        f"data.eval_doc_fraction={d.eval_doc_fraction} must be in (0, 1)")
+  encoding = d.get("corpus_encoding", "utf-8") if hasattr(d, "get") else "utf-8"
+  try:
+    codecs.lookup(encoding)
+  except LookupError:
+    need(False, f"data.corpus_encoding={encoding!r} is not a known text encoding; use "
+         "utf-8 or latin-1")
   need(d.shard_tokens > 0, f"data.shard_tokens={d.shard_tokens} must be positive")

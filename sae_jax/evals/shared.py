@@ -119,7 +119,8 @@ def token_sources(cfg, meta: dict, tokenizer, tokens_CxS: np.ndarray) -> np.ndar
   spec = meta.get("corpus", cfg.data.corpus)
   if corpus.is_streaming(spec):
     return None
-  docs = corpus.load_documents(spec, files.cache_root(cfg.data.cache_dir))
+  docs = corpus.load_documents(spec, files.cache_root(cfg.data.cache_dir),
+                               cfg.data.get("corpus_encoding", "utf-8"))
   if not any(d.source == "kjv" for d in docs):
     return None
   _, eval_docs = corpus.split_documents(docs, meta.get("eval_doc_fraction", cfg.data.eval_doc_fraction),

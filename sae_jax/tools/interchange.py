@@ -34,7 +34,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import tempfile
+import zipfile
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -265,14 +268,39 @@ def read_saelens(path: str, norm_scale: float | None = None) -> tuple[dict, dict
   if not (os.path.isfile(cfg_path) and os.path.isfile(w_path)):
     raise ConfigError(f"{path!r} is not a SAELens directory: it needs {SAELENS_CFG} and "
                       f"{SAELENS_WEIGHTS}")
-  with open(cfg_path, encoding="utf-8") as f:
-    sl = json.load(f)
-  w = {k: np.asarray(v, np.float64) for k, v in load_file(w_path).items()}
+  try:
+    with open(cfg_path, encoding="utf-8") as f:
+      sl = json.load(f)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ConfigError(f"{cfg_path} is not valid JSON ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0][:80]}); restore it from its source") from None
+  if not isinstance(sl, dict):
+    raise ConfigError(f"{cfg_path} holds a JSON {type(sl).__name__}, not a SAELens config object")
+  try:
+    w = {k: np.asarray(v, np.float64) for k, v in load_file(w_path).items()}
+  except Exception as e:  # pylint: disable=broad-except  # safetensors' SafetensorError, OSError
+    raise ConfigError(f"{w_path} is not a readable safetensors file ({type(e).__name__}); "
+                      "restore it from its source") from None
   ours = sl.get("sae_jax") or {}
   meta = sl.get("metadata") or {}
-  sl_arch = sl.get("architecture", "standard")
+  if "architecture" not in sl:
+    raise ConfigError(f"{cfg_path} does not say which architecture it is (no 'architecture' "
+                      "field); add one (topk, standard, jumprelu or gated) rather than have "
+                      "sae_jax guess")
+  sl_arch = sl["architecture"]
+  act_fn = sl.get("activation_fn_str") or sl.get("activation_fn")
+  if sl_arch != "topk" and act_fn not in (None, "relu"):
+    raise ConfigError(f"{cfg_path} says architecture {sl_arch!r} with activation_fn "
+                      f"{act_fn!r}, which disagree; for a TopK SAE set architecture to 'topk'")
   apply_b_dec = bool(sl.get("apply_b_dec_to_input", True))
+  missing = [k for k in ("W_enc", "W_dec", "b_dec") if k not in w]
+  if missing or w["W_enc"].ndim != 2:
+    raise ConfigError(f"{w_path} lacks {missing or 'a 2-d W_enc'}; not SAELens weights")
   d_in, n = w["W_enc"].shape
+  for field, want in (("d_in", d_in), ("d_sae", n)):
+    if field in sl and sl[field] != want:
+      raise ConfigError(f"{cfg_path} says {field}={sl[field]!r} but W_enc is {d_in} x {n}; "
+                        "the config and weights do not belong together")
   sl_norm = sl.get("normalize_activations") or "none"
   if isinstance(sl_norm, bool):  # pre-6 boolean
     sl_norm = "expected_average_only_in" if sl_norm else "none"
@@ -299,9 +327,18 @@ def read_saelens(path: str, norm_scale: float | None = None) -> tuple[dict, dict
   k = None
   if sl_arch == "topk":
     arch = "topk"
-    k = sl.get("k") or (sl.get("activation_fn_kwargs") or {}).get("k")
-    if k is None:
+    kwargs = sl.get("activation_fn_kwargs") or {}
+    ks = [v for v in (sl.get("k"), kwargs.get("k") if isinstance(kwargs, dict) else None)
+          if v is not None]
+    if not ks:
       raise ConfigError(f"{cfg_path} is a topk SAE without k (cfg k or activation_fn_kwargs.k)")
+    if len(ks) > 1 and ks[0] != ks[1]:
+      raise ConfigError(f"{cfg_path} gives two values of k ({ks[0]!r}: cfg k, {ks[1]!r}: "
+                        "activation_fn_kwargs.k); make them agree")
+    k = ks[0]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+      raise ConfigError(f"{cfg_path} has k={k!r}, which is not an integer in [1, d_sae={n}]; "
+                        "fix k")
     if not apply_b_dec:
       raise ConfigError("a topk SAE with apply_b_dec_to_input=false has no sae_jax equivalent")
     p["b_enc"] = w["b_enc"]
@@ -369,9 +406,18 @@ def read_openai(state_dict, layer: int | None = None, model: str | None = None
   if isinstance(state_dict, (str, os.PathLike)):
     import torch  # pylint: disable=import-outside-toplevel  # heavy: only for a .pt file
     source = os.path.abspath(state_dict)
-    state_dict = torch.load(state_dict, map_location="cpu", weights_only=True)
+    try:
+      state_dict = torch.load(state_dict, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile,
+            UnicodeDecodeError, AttributeError, IndexError, KeyError) as e:
+      raise ConfigError(f"{source} is not an SAE: torch cannot load it as a state dict "
+                        f"({type(e).__name__}); give a run "
+                        "or export directory, a SAELens directory or an OpenAI .pt file") from None
   else:
     source = "state_dict"
+  if not isinstance(state_dict, Mapping):
+    raise ConfigError(f"{source} holds a {type(state_dict).__name__}, not an OpenAI "
+                      "sparse_autoencoder state dict")
   need = ("encoder.weight", "decoder.weight", "pre_bias", "latent_bias")
   missing = [k for k in need if k not in state_dict]
   if missing:

@@ -30,6 +30,10 @@ class Checkpointer:
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
     self._mngr.wait_until_finished()
 
+  def delete(self, step: int) -> None:
+    """Delete the checkpoint of `step` (a diverged state, `trainer._Run.fail`)."""
+    self._mngr.delete(step)
+
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()
 

@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from sae_jax import config as config_lib
+from sae_jax import config as config_lib, files
 from sae_jax.data import batches
 from sae_jax.errors import ConfigError, TrainingDivergedError
 from sae_jax.training import checkpoint, distributed, flops, optimizer, sharding
@@ -33,6 +33,8 @@ from sae_jax.training.step import StepConfig, TrainState, init_state, make_train
 
 # (resolved config, train state, activation source) -> flat scalars for the record
 Evaluator = Callable[[ml_collections.ConfigDict, TrainState, object], dict]
+# A diverged run's marker in its run directory (`_Run.fail`); a finished run has none.
+FAILED = "failed.json"
 
 
 def eval_steps(n_steps: int, n_points: int, first_fraction: float) -> list[int]:
@@ -106,6 +108,11 @@ class _Run:
     else:
       self.state, meta = restored
       self.last_saved = int(self.state.step)
+    # saved steps whose state's own metrics passed `check` (the latest saved one is
+    # checked one step later, when its metrics arrive)
+    self.last_good, self.unchecked = self.last_saved, None
+    # the divergence bound's reference (`check`), kept in the checkpoints for a resume
+    self.initial_nmse = meta.get("initial_normalized_mse")
     self.start_step = int(self.state.step)
     self.records: list[dict] = list(meta["records"])
     self.wall0, self.t0 = float(meta["wall_time_s"]), time.time()
@@ -116,12 +123,47 @@ class _Run:
     return self.wall0 + time.time() - self.t0
 
   def check(self, step: int, m: dict) -> dict:
-    loss = float(m["loss"])
-    if not math.isfinite(loss):
-      where = f"step {self.last_saved}" if self.last_saved is not None else "none saved"
-      raise TrainingDivergedError(f"loss is {loss} at step {step}; last good checkpoint: "
-                                  f"{where} in {self.run_dir}/checkpoints")
-    return m
+    """Raise TrainingDivergedError if the metrics of step `step` (of the state after
+    `step` updates) show divergence: a non-finite loss or normalized MSE, or a normalized
+    MSE above train.divergence_factor x max(first step's, 1) (0: no bound)."""
+    loss, nmse = float(m["loss"]), float(m["normalized_mse"])
+    t = self.c.train
+    if self.initial_nmse is None and math.isfinite(nmse):
+      self.initial_nmse = nmse
+    factor = t.get("divergence_factor", 10.0)
+    bound = factor * max(self.initial_nmse or 1.0, 1.0)
+    if not (math.isfinite(loss) and math.isfinite(nmse)):
+      why = f"loss is {loss}" if not math.isfinite(loss) else f"normalized MSE is {nmse}"
+    elif factor and nmse > bound:
+      why = (f"normalized MSE {nmse:.3g} exceeds {bound:.3g} (train.divergence_factor="
+             f"{factor:g} x max(its initial {self.initial_nmse:.3g}, 1))")
+    else:
+      if step == self.unchecked:
+        self.last_good, self.unchecked = step, None
+      return m
+    where = f"step {self.last_good}" if self.last_good is not None else "none"
+    e = TrainingDivergedError(f"{why} at step {step}; lower train.lr (now {t.lr:.3g}); last "
+                              f"good checkpoint: {where} in {self.run_dir}/checkpoints")
+    e.step, e.last_good_step = step, self.last_good
+    raise e
+
+  def fail(self, e: TrainingDivergedError) -> TrainingDivergedError:
+    """Mark this run failed in its own directory (`FAILED`: the error, the step, the last
+    good checkpoint and the records so far), delete a checkpoint saved after the last
+    good one (its state diverged; a relaunch resumes from the good one) and release the
+    checkpointer."""
+    if self.unchecked is not None:
+      self.ckpt.delete(self.unchecked)
+      self.unchecked = None
+    if distributed.is_primary():
+      files.write_json_atomic(f"{self.run_dir}/{FAILED}", {
+          "failed": True, "error": str(e), "step": getattr(e, "step", None),
+          "last_good_checkpoint": getattr(e, "last_good_step", self.last_good),
+          "checkpoints": f"{self.run_dir}/checkpoints", "lr": self.c.train.lr,
+          "records": [r for r in self.records if r["step"] <= (self.last_good or 0)]})
+    self.pending = None
+    self.ckpt.close()
+    return e
 
   def step(self, step: int, x: jax.Array) -> dict | None:
     """Train on batch `step`; evaluate and checkpoint on schedule. Returns the previous
@@ -138,8 +180,9 @@ class _Run:
           measured.update(evaluator(self.c, self.state, self.source))
         self.records.append(_record(self.c, self.info, self.d_in, done, measured,
                                     float(metrics["dead_fraction"]), self.wall_time()))
-      self.ckpt.save(done, self.state, {"records": self.records, "wall_time_s": self.wall_time()})
-      self.last_saved = done
+      self.ckpt.save(done, self.state, {"records": self.records, "wall_time_s": self.wall_time(),
+                                        "initial_normalized_mse": self.initial_nmse})
+      self.last_saved = self.unchecked = done
     return previous
 
 
@@ -174,19 +217,26 @@ def train(c: ml_collections.ConfigDict, source: batches.ActivationSource, run_di
 
   Raises:
     ConfigError: bad config, or a batch that does not split over the devices.
-    TrainingDivergedError: NaN/inf loss (the last good checkpoint is kept).
+    TrainingDivergedError: NaN/inf loss, or a normalized MSE above
+      train.divergence_factor x its initial value (`_Run.check`); the last good checkpoint
+      is kept and run_dir/failed.json says so.
   """
   return train_many([c], source, [run_dir], [run_info], progress, evaluators)[0]
 
 
 def train_many(configs: list[ml_collections.ConfigDict], source: batches.ActivationSource,
                run_dirs: list[str], run_infos: list[dict | None] | None = None,
-               progress: bool = True, evaluators: Sequence[Evaluator] = ()
-               ) -> list[list[dict]]:
+               progress: bool = True, evaluators: Sequence[Evaluator] = (),
+               keep_going: bool = False) -> list[list[dict] | TrainingDivergedError]:
   """Train several SAEs in one pass over the data: each batch is read once and fed to
   every SAE, each with its own state, checkpoints and schedule, so each result equals
   training it alone (`train`). Runs may have different token budgets and may resume
   from different steps; the pass covers the union.
+
+  A run that diverges (`train`) is marked failed in its run directory (failed.json). With
+  `keep_going` it is dropped from the pass, the others train to the end, and its entry
+  of the result is the TrainingDivergedError (with .step and .last_good_step) instead of
+  records; without, the error is raised at once.
 
   Raises:
     ConfigError: the configs disagree on `data_pass_key` (seed, batch size, devices),
@@ -205,16 +255,37 @@ def train_many(configs: list[ml_collections.ConfigDict], source: batches.Activat
   desc = runs[0].info.get("run_id", "train") if len(runs) == 1 else f"{len(runs)} SAEs"
   bar = tqdm(total=end, initial=start, unit="step", desc=desc, leave=False,
              disable=not (progress and distributed.is_primary()))
+  failed: dict[int, TrainingDivergedError] = {}
+
+  def drop(j: int, e: TrainingDivergedError) -> None:
+    failed[j] = runs[j].fail(e)
+    if not keep_going:
+      bar.close()
+      for i, run in enumerate(runs):
+        if i not in failed:
+          run.ckpt.close()
+      raise e
+
   with jax.set_mesh(mesh):
     for step, x in batches.stream(source, B, seed, start, end, rows=rows):
       x = distributed.global_batch(batch_sh, x, B)
-      for run in runs:
-        if run.start_step <= step < run.n_steps:
-          m = run.step(step, x)
+      for j, run in enumerate(runs):
+        if j not in failed and run.start_step <= step < run.n_steps:
+          try:
+            m = run.step(step, x)
+          except TrainingDivergedError as e:
+            drop(j, e)
+            continue
           if m is not None and len(runs) == 1:
             bar.set_postfix(nmse=f"{float(m['normalized_mse']):.4f}", refresh=False)
       bar.update(1)
+      if len(failed) == len(runs):
+        break
   bar.close()
-  for run in runs:
-    run.close()
-  return [run.records for run in runs]
+  for j, run in enumerate(runs):
+    if j not in failed:
+      try:
+        run.close()
+      except TrainingDivergedError as e:
+        drop(j, e)
+  return [failed.get(j, run.records) for j, run in enumerate(runs)]
