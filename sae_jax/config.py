@@ -100,6 +100,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.k_aux = ml_collections.FieldReference(None, field_type=int)  # None: power of two near d_in / 2
   c.train.aux_coef = 1 / 32  # alpha of the AuxK loss (Gao et al. 2024, Sec. 2.4)
   c.train.dead_tokens = 10_000_000  # a latent is dead after not firing for this many tokens
+  # a latent fires on a token when z > this (training counters and evaluation alike); 1e-3
+  # as OpenAI's reference code (`sae_jax.saes.base.Hyper.fired_threshold`)
+  c.train.fired_threshold = 1e-3
   c.train.n_eval_points = 8  # log-spaced evaluation points over the token budget
   c.train.first_eval_fraction = 1 / 64  # first evaluation at this fraction of the budget
   c.train.checkpoint_every_steps = 100
@@ -213,6 +216,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   need(t.k_aux is None or 0 < t.k_aux <= s.n_latents,
        f"train.k_aux={t.k_aux} must be in [1, n_latents={s.n_latents}]")
   need(t.dead_tokens > 0, f"train.dead_tokens={t.dead_tokens} must be positive")
+  need(t.fired_threshold >= 0, f"train.fired_threshold={t.fired_threshold} must be non-negative")
   need(t.topk_step in ("sparse", "dense"),
        f"train.topk_step={t.topk_step!r} must be 'sparse' or 'dense'")
   need(t.compute_dtype in ("float32", "bfloat16"),
