@@ -88,9 +88,24 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.adam_b1 = 0.9
   c.train.adam_b2 = 0.999
   c.train.adam_eps = 6.25e-10  # Gao et al. 2024, Sec. 2.3
+  # Learning-rate schedule (`sae_jax.training.optimizer.SCHEDULES`): constant,
+  # warmup_constant, warmup_linear_decay (Conerly et al. 2024), warmup_cosine (Gemma
+  # Scope), wsd. A function of the step, so resume is exact.
+  c.train.lr_schedule = "constant"
+  c.train.lr_warmup_steps = ml_collections.FieldReference(None, field_type=int)  # None: from the fraction
+  c.train.lr_warmup_fraction = 0.0  # warm-up as a fraction of the run's steps
+  c.train.lr_decay_fraction = 0.2  # decay phase of warmup_linear_decay / wsd (Conerly et al. 2024: last 20%)
+  c.train.lr_final_fraction = 0.0  # lr at the last step / peak lr (decaying schedules)
+  # Linear warm-up of the sparsity coefficient lambda from 0 (penalty architectures; the
+  # TopK family has no penalty): Conerly et al. 2024 over the first 5% of training.
+  c.train.sparsity_warmup_steps = ml_collections.FieldReference(None, field_type=int)  # None: from the fraction
+  c.train.sparsity_warmup_fraction = 0.0
   c.train.k_aux = ml_collections.FieldReference(None, field_type=int)  # None: power of two near d_in / 2
   c.train.aux_coef = 1 / 32  # alpha of the AuxK loss (Gao et al. 2024, Sec. 2.4)
   c.train.dead_tokens = 10_000_000  # a latent is dead after not firing for this many tokens
+  # a latent fires on a token when z > this (training counters and evaluation alike); 1e-3
+  # as OpenAI's reference code (`sae_jax.saes.base.Hyper.fired_threshold`)
+  c.train.fired_threshold = 1e-3
   c.train.n_eval_points = 8  # log-spaced evaluation points over the token budget
   c.train.first_eval_fraction = 1 / 64  # first evaluation at this fraction of the budget
   c.train.checkpoint_every_steps = 100
@@ -182,6 +197,14 @@ def resolve(c: ml_collections.ConfigDict, d_in: int | None = None) -> ml_collect
   c.train.token_budget = int(c.train.token_budget)
   if c.train.lr is None:
     c.train.lr = c.train.lr_scale * default_lr(c.sae.n_latents, c.train.token_budget)
+  n_steps = c.train.token_budget // c.train.batch_size
+  for what in ("lr", "sparsity"):
+    key = f"{what}_warmup_steps"
+    if c.train[key] is None:
+      c.train[key] = int(round(c.train[f"{what}_warmup_fraction"] * n_steps))
+    if c.train[key] > n_steps:
+      raise ConfigError(f"train.{key}={c.train[key]} is longer than the run ({n_steps} steps of "
+                        f"{c.train.batch_size} tokens); shorten it or raise train.token_budget")
   if d_in is not None and c.train.k_aux is None:
     c.train.k_aux = min(default_k_aux(d_in), c.sae.n_latents)
   return c
@@ -213,9 +236,18 @@ def validate(c: ml_collections.ConfigDict) -> None:
        f"train.token_budget={t.token_budget} is smaller than one batch ({t.batch_size} tokens)")
   need(t.lr is None or t.lr > 0, f"train.lr={t.lr} must be positive")
   need(t.lr_scale > 0, f"train.lr_scale={t.lr_scale} must be positive")
+  for what in ("lr", "sparsity"):
+    steps, fraction = t[f"{what}_warmup_steps"], t[f"{what}_warmup_fraction"]
+    need(steps is None or steps >= 0, f"train.{what}_warmup_steps={steps} must be non-negative")
+    need(0 <= fraction <= 1, f"train.{what}_warmup_fraction={fraction} must be in [0, 1]")
+  need(0 <= t.lr_decay_fraction <= 1,
+       f"train.lr_decay_fraction={t.lr_decay_fraction} must be in [0, 1]")
+  need(0 <= t.lr_final_fraction <= 1,
+       f"train.lr_final_fraction={t.lr_final_fraction} must be in [0, 1]")
   need(t.k_aux is None or 0 < t.k_aux <= s.n_latents,
        f"train.k_aux={t.k_aux} must be in [1, n_latents={s.n_latents}]")
   need(t.dead_tokens > 0, f"train.dead_tokens={t.dead_tokens} must be positive")
+  need(t.fired_threshold >= 0, f"train.fired_threshold={t.fired_threshold} must be non-negative")
   need(t.topk_step in ("sparse", "dense"),
        f"train.topk_step={t.topk_step!r} must be 'sparse' or 'dense'")
   need(t.compute_dtype in ("float32", "bfloat16"),

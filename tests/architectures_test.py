@@ -195,7 +195,9 @@ def test_each_matryoshka_prefix_loss_is_that_prefix_alone():
   got2 = np.asarray(matryoshka.prefix_losses(moved, x, z, (4, 16, N), var))
   np.testing.assert_allclose(got2[:2], got[:2], rtol=1e-6)
   assert got2[2] != pytest.approx(got[2])
-  assert float(out.loss) == pytest.approx(sum(by_hand), rel=1e-5)
+  # the reference's mean over {b_pre alone, each prefix} (bartbussmann/matryoshka_sae)
+  b_pre_only = float(jnp.sum((x - params["b_pre"]) ** 2) / (B * var))
+  assert float(out.loss) == pytest.approx((b_pre_only + sum(by_hand)) / 4, rel=1e-5)
   assert float(out.normalized_mse) == pytest.approx(by_hand[-1], rel=1e-5)
 
 
@@ -394,3 +396,55 @@ def test_every_architecture_exposes_the_same_interface(name):
     assert getattr(arch, fn) is getattr(module, fn), (name, fn)
   assert issubclass(arch.hyper, saes.Hyper) and arch.hyper is module.Hyper
   assert arch.fields() and arch.knob in {f.name for f in arch.fields()}
+
+
+# ---------------------------------------------------------------- AuxK and "fired" (issue 14)
+
+
+def test_auxk_is_openais_normalized_mse_by_hand():
+  """AuxK = sum ||e - W_dec z_aux||^2 / sum ||e - mean_b e||^2, z_aux the top-k_aux ReLU'd
+  pre-activations of the dead latents (Gao et al. 2024, A.2; OpenAI's `normalized_mse`):
+  numpy by hand against the dense and the sparse path."""
+  from sae_jax.saes import topk
+  rng = np.random.default_rng(0)
+  params = topk.init(jax.random.PRNGKey(0), D, N)
+  pre = jnp.asarray(rng.normal(size=(B, N)), jnp.float32)
+  e = jnp.asarray(rng.normal(size=(B, D)) + 2.0, jnp.float32)  # a mean, which must not count
+  dead = np.arange(N) % 3 == 0
+  k_aux = 5
+  P, W = np.asarray(pre, np.float64), np.asarray(params["W_dec"], np.float64)
+  z = np.zeros_like(P)
+  for b in range(B):
+    cand = np.where(dead, P[b], -np.inf)
+    top = np.argsort(-cand)[:k_aux]
+    z[b, top] = np.maximum(cand[top], 0)
+  E = np.asarray(e, np.float64)
+  by_hand = np.sum((E - z @ W) ** 2) / np.sum((E - E.mean(0)) ** 2)
+  got = topk._auxk_loss(params, pre, e, jnp.asarray(dead), k_aux)  # pylint: disable=protected-access
+  assert float(got) == pytest.approx(by_hand, rel=1e-5)
+  # the sparse path recomputes the pre-activations from x: give it x with pre = W_enc(x - b_pre)
+  x = jnp.asarray(rng.normal(size=(B, D)), jnp.float32)
+  pre_x = topk.pre_activations(params, x)
+  got_sparse = topk.sparse_auxk(params, pre_x, x, e, jnp.asarray(dead), k_aux, "xla")
+  got_dense = topk._auxk_loss(params, pre_x, e, jnp.asarray(dead), k_aux)  # pylint: disable=protected-access
+  assert float(got_sparse) == pytest.approx(float(got_dense), rel=1e-5)
+  assert by_hand != pytest.approx(np.sum((E - z @ W) ** 2) / np.sum(E ** 2), rel=1e-2)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_a_latent_fires_above_the_threshold_only(name):
+  """fired_N is z > fired_threshold (OpenAI: 1e-3); L0 still counts every non-zero z."""
+  arch = saes.get(name)
+  params = arch.init(jax.random.PRNGKey(0), D, N, None, _hp(arch))
+  x, extras = _x(), arch.init_extras(N, _hp(arch))
+  z = arch.encode(params, x, extras, _hp(arch))
+  impls = (None, "xla") if arch.sparse_step else (None,)
+  for threshold, impl in [(t, i) for t in (0.0, float(np.quantile(np.asarray(z)[np.asarray(z) > 0], 0.9)))
+                          for i in impls]:
+    hp = _hp(arch, fired_threshold=threshold, sparse_impl=impl)
+    out = arch.loss(params, x, extras, hp, dead_N=jnp.zeros((N,), bool))
+    z_train = np.asarray(z)
+    if name in ("batchtopk", "matryoshka_batchtopk"):  # training uses the batch top-k code
+      z_train = np.asarray(batchtopk.batch_topk(batchtopk.pre_activations(params, x), 4))
+    np.testing.assert_array_equal(np.asarray(out.fired_N), np.any(z_train > threshold, axis=0))
+    assert float(out.l0) == pytest.approx(np.mean(np.sum(z_train != 0, axis=-1)))

@@ -17,6 +17,8 @@ def _cfg(**kv):
     ({"sae.input_norm": "zscore"}, "input_norm='zscore' is not one of"),
     ({"train.token_budget": 10}, "smaller than one batch"),
     ({"data.dtype": "float32"}, "data.dtype='float32' is not one of"),
+    ({"train.lr_warmup_steps": 10**6}, "lr_warmup_steps=1000000 is longer than the run"),
+    ({"train.sparsity_warmup_fraction": 2.0}, "sparsity_warmup_fraction=2.0 must be in"),
 ])
 def test_bad_values_are_one_line_errors(kv, message):
   with pytest.raises(config.ConfigError, match=message) as e:

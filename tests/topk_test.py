@@ -74,7 +74,8 @@ def test_auxk_zero_without_dead_latents_and_positive_with():
 
 def test_auxk_reconstructs_residual_without_b_pre():
   """With all latents dead and k_aux = n_latents, e_hat = W_dec relu(pre): the AuxK loss
-  equals ||e - e_hat||^2 / ||e||^2 computed by hand, with b_pre counted once (in e)."""
+  equals sum ||e - e_hat||^2 / sum ||e - mean_b e||^2 (OpenAI's normalized_mse) computed by
+  hand, with b_pre counted once (in e)."""
   params = _params(d_in=8, n_latents=16)
   params["b_pre"] = jnp.full((8,), 0.3)
   x = jax.random.normal(jax.random.PRNGKey(3), (10, 8))
@@ -83,7 +84,7 @@ def test_auxk_reconstructs_residual_without_b_pre():
   z = np.asarray(topk.encode_topk(params, x, 2))
   e = np.asarray(x) - (z @ np.asarray(params["W_dec"]) + 0.3)
   e_hat = np.maximum(pre, 0) @ np.asarray(params["W_dec"])
-  expected = np.sum((e - e_hat) ** 2) / np.sum(e**2)
+  expected = np.sum((e - e_hat) ** 2) / np.sum((e - e.mean(0)) ** 2)
   assert float(out.aux_loss) == pytest.approx(expected, rel=1e-5)
 
 

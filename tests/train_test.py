@@ -104,6 +104,51 @@ def test_resume_is_bitwise_equal(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, sa, sb)
 
 
+def _interrupted_and_resumed(c, source, run_dir, stop_after=6):
+  """Train c for `stop_after` steps (the last checkpoint before them survives), then
+  relaunch to the end."""
+  original = batches.stream
+  batches.stream = lambda s, b, seed, start, end, **kw: original(s, b, seed, start,
+                                                                 min(end, stop_after), **kw)
+  try:
+    trainer.train(c, source, run_dir, progress=False)
+  finally:
+    batches.stream = original
+  return trainer.train(c, source, run_dir, progress=False)
+
+
+def test_resume_mid_warmup_is_bitwise_equal(tmp_path):
+  """lr warm-up + decay and a lambda warm-up are functions of the step: a run resumed
+  from step 4, inside both warm-ups, ends bitwise equal to an uninterrupted one."""
+  source = _source()
+  c = _config(n_devices=1, lr_schedule="warmup_linear_decay", lr_warmup_steps=10,
+              lr_decay_fraction=0.25, sparsity_warmup_steps=12)
+  c.sae.architecture, c.sae.k, c.sae.n_latents = "relu_l1", None, 64
+  full = trainer.train(c, source, str(tmp_path / "full"), progress=False)
+  resumed = _interrupted_and_resumed(c, source, str(tmp_path / "part"))
+  strip = lambda rs: [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rs]
+  assert strip(resumed) == strip(full)
+  sa, _ = checkpoint.Checkpointer(str(tmp_path / "full" / "checkpoints")).restore_untyped(16)
+  sb, _ = checkpoint.Checkpointer(str(tmp_path / "part" / "checkpoints")).restore_untyped(16)
+  jax.tree.map(np.testing.assert_array_equal, sa, sb)
+  # the schedules were live: the same run at constant lr and lambda ends elsewhere
+  plain = _config(n_devices=1)
+  plain.sae.architecture, plain.sae.k, plain.sae.n_latents = "relu_l1", None, 64
+  other = trainer.train(plain, source, str(tmp_path / "plain"), progress=False)
+  assert other[-1]["normalized_mse"] != full[-1]["normalized_mse"]
+
+
+def test_a_warmup_longer_than_the_run_stops_before_training(tmp_path):
+  with pytest.raises(config.ConfigError, match="longer than the run") as e:
+    trainer.train(_config(n_devices=1, lr_warmup_steps=17), _source(), str(tmp_path),
+                  progress=False)
+  assert "\n" not in str(e.value)
+  with pytest.raises(config.ConfigError, match="exceeds the run"):
+    trainer.train(_config(n_devices=1, lr_schedule="wsd", lr_warmup_steps=14,
+                          lr_decay_fraction=0.25), _source(), str(tmp_path), progress=False)
+  assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
 def test_records_cover_log_spaced_points_and_end_final():
   steps = trainer.eval_steps(1000, 8, 1 / 64)
   assert steps[-1] == 1000 and steps[0] == 16 and len(steps) == 8

@@ -39,14 +39,14 @@ def density_histogram(fires_N: np.ndarray, n_tokens: int, lo: float = -5.0,
 
 def encode_eval(sae: SAEOnRaw, shared: Shared, latents: np.ndarray | None,
                  batch: int = 4096) -> tuple[np.ndarray, np.ndarray | None]:
-  """Firing counts [N] over every held-out row, and the activations [rows, M] of
-  `latents` (None: not kept)."""
+  """Firing counts [N] (z > the SAE's fired_threshold, as in training) over every held-out
+  row, and the activations [rows, M] of `latents` (None: not kept)."""
   n = shared.cache.n_tokens("eval")
   fires = np.zeros(sae.n_latents, np.int64)
   cols = []
   for lo in range(0, n, batch):
     z, _ = sae.encode(shared.cache.read("eval", np.arange(lo, min(n, lo + batch))))
-    fires += (z > 0).sum(0)
+    fires += (z > sae.hp.fired_threshold).sum(0)  # the training's "fired" (saes.Hyper)
     if latents is not None:
       cols.append(z[:, latents])
   return fires, (np.concatenate(cols) if latents is not None else None)

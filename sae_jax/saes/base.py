@@ -59,6 +59,11 @@ class Hyper:
   # "cpu_kernels" with the sparse step of `sae_jax.saes.sparse` (`train.topk_step`).
   sparse_impl: str | None = None
   compute_dtype: str = "float32"  # input dtype of the encoder matmul (`train.compute_dtype`)
+  # A latent fires on a token when z > fired_threshold (`train.fired_threshold`): the dead-
+  # latent counters (AuxK, resampling) and the evaluation's dead / dense fractions all use
+  # it. 1e-3 as OpenAI's reference code (openai/sparse_autoencoder, model.py:
+  # `topk.values > 1e-3`); 0 counts every non-zero activation.
+  fired_threshold: float = 1e-3
 
 
 BASE_FIELDS = frozenset(f.name for f in dataclasses.fields(Hyper))
@@ -70,7 +75,7 @@ class Output(NamedTuple):
   normalized_mse: jax.Array  # sum ||x - x_hat||^2 / (B * variance)
   sparsity_loss: jax.Array  # the weighted sparsity penalty (0 for the TopK family)
   aux_loss: jax.Array  # the architecture's auxiliary loss, unweighted (AuxK, Gated aux)
-  fired_N: jax.Array  # bool [n_latents]: fired on some token of the batch
+  fired_N: jax.Array  # bool [n_latents]: z > Hyper.fired_threshold on some token of the batch
   l0: jax.Array  # mean active latents per token
   extras: Any  # updated extras pytree
 
@@ -187,8 +192,19 @@ def tied_init(key: jax.Array, d_in: int, n_latents: int, b_pre_D: jax.Array | No
           "W_dec": W_dec_NxD, "b_pre": jnp.asarray(b_pre_D, jnp.float32)}
 
 
-def stats(z_BxN: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(fired_N, l0) of a batch of latents."""
+def stats(z_BxN: jax.Array, fired_threshold: float = 0.0) -> tuple[jax.Array, jax.Array]:
+  """(fired_N, l0) of a batch of latents: fired_N [n_latents] bool, z > fired_threshold on
+  some token (`Hyper.fired_threshold`); l0 the mean count of non-zero z per token."""
   active = z_BxN != 0
-  return jnp.any(active, axis=0), jnp.mean(jnp.sum(active, axis=-1).astype(jnp.float32))
+  return (jnp.any(z_BxN > fired_threshold, axis=0),
+          jnp.mean(jnp.sum(active, axis=-1).astype(jnp.float32)))
+
+
+def auxk_normalized_mse(e_BxD: jax.Array, e_hat_BxD: jax.Array) -> jax.Array:
+  """sum ||e - e_hat||^2 / sum ||e - mean_b e||^2: the AuxK loss's normalisation, that of
+  OpenAI's reference code (openai/sparse_autoencoder, train.py `normalized_mse`: the MSE
+  over the MSE of predicting the batch mean of the target). 0 when the denominator is 0.
+  Shapes [B, d_in]; e is the residual x - x_hat (a constant)."""
+  denom = jnp.sum((e_BxD - jnp.mean(e_BxD, axis=0)) ** 2)
+  return jnp.sum((e_BxD - e_hat_BxD) ** 2) / jnp.maximum(denom, 1e-30)
 

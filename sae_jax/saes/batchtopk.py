@@ -156,7 +156,8 @@ def sparse_loss(params: Params, x_BxD: jax.Array, extras: dict, hp: base.Hyper, 
     aux = jax.lax.cond(jnp.any(dead_N), lambda *a: topk.sparse_auxk(*a, k_aux, impl),
                        lambda *_: jnp.zeros((), jnp.float32), params, pre_BxN, x_BxD, e_BxD, dead_N)
   active_E = vals_E > 0
-  fired_N = jnp.zeros((n_latents,), jnp.int32).at[idx_E].max(active_E.astype(jnp.int32)) > 0
+  fired_E = vals_E > hp.fired_threshold
+  fired_N = jnp.zeros((n_latents,), jnp.int32).at[idx_E].max(fired_E.astype(jnp.int32)) > 0
   l0 = jnp.sum(active_E).astype(jnp.float32) / B
   threshold = update_threshold(extras["threshold"], vals_E, hp.threshold_momentum)
   return base.Output(nmse + hp.aux_coef * aux, nmse, jnp.zeros((), jnp.float32), aux, fired_N, l0,
@@ -190,7 +191,7 @@ def loss(params: Params, x_BxD: jax.Array, extras: dict, hp: base.Hyper, *,
   x_hat_BxD = decode(params, z_BxN)
   nmse = base.normalized_mse(x_BxD, x_hat_BxD, variance)
   aux = auxk(params, pre_BxN, x_BxD, x_hat_BxD, dead_N, hp.k_aux)
-  fired_N, l0 = base.stats(z_BxN)
+  fired_N, l0 = base.stats(z_BxN, hp.fired_threshold)
   threshold = update_threshold(extras["threshold"], z_BxN, hp.threshold_momentum)
   return base.Output(nmse + hp.aux_coef * aux, nmse, jnp.zeros((), jnp.float32), aux, fired_N, l0,
                     {"threshold": threshold})

@@ -117,7 +117,7 @@ def loss(params: Params, x_BxD: jax.Array, extras, hp: base.Hyper, *,
   gate_acts_BxN = jax.nn.relu(pi_gate_BxN)
   sparsity = hp.sparsity_coefficient * sparsity_penalty(params, gate_acts_BxN)
   aux = base.normalized_mse(x_BxD, aux_reconstruction(params, gate_acts_BxN), variance)
-  fired_N, l0 = base.stats(z_BxN)
+  fired_N, l0 = base.stats(z_BxN, hp.fired_threshold)
   return base.Output(nmse + sparsity + aux, nmse, sparsity, aux, fired_N, l0, extras)
 
 

@@ -164,7 +164,7 @@ def loss(params: Params, x_BxD: jax.Array, extras, hp: base.Hyper, *,
   nmse = base.normalized_mse(x_BxD, x_hat_BxD, variance)
   l0_penalty = jnp.mean(jnp.sum(step(pre_BxN, theta_N, hp.bandwidth), axis=-1))
   sparsity = hp.sparsity_coefficient * l0_penalty
-  fired_N, l0 = base.stats(z_BxN)
+  fired_N, l0 = base.stats(z_BxN, hp.fired_threshold)
   return base.Output(nmse + sparsity, nmse, sparsity, jnp.zeros((), jnp.float32), fired_N, l0,
                     extras)
 

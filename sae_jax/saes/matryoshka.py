@@ -3,12 +3,14 @@
 
 The dictionary is read as nested prefixes m_1 < m_2 < ... < m_G = n_latents: latents
 [0, m_g) must reconstruct the input on their own. The code z is the BatchTopK code of the
-whole dictionary (`sae_jax.saes.batchtopk`), and the reconstruction loss is the sum over
-prefixes of the normalized MSE of the reconstruction by that prefix alone:
+whole dictionary (`sae_jax.saes.batchtopk`), and the reconstruction loss is the mean,
+over the G prefixes and the empty dictionary (b_pre alone, x_hat_0 = b_pre), of the
+normalized MSE of the reconstruction by that prefix alone:
 
-    x_hat_g = W_dec[:m_g]^T z[:m_g] + b_pre
-    loss    = sum_g ||x - x_hat_g||^2 / (B · variance) + aux_coef · AuxK
-                                                  (Bussmann et al. 2025, Sec. 3)
+    x_hat_g = W_dec[:m_g]^T z[:m_g] + b_pre                      (g = 0: b_pre only)
+    loss    = 1/(G + 1) · sum_{g=0..G} ||x - x_hat_g||^2 / (B · variance) + aux_coef · AuxK
+                      (Bussmann et al. 2025, Sec. 3; as the reference code computes it,
+                       bartbussmann/matryoshka_sae `get_loss_dict`: mean_l2_loss)
 
 so early latents learn general features that later ones refine, instead of absorbing them.
 `Output.normalized_mse` is the full dictionary's (x_hat_G), the number every architecture
@@ -84,8 +86,9 @@ def loss(params: Params, x_BxD: jax.Array, extras: dict, hp: base.Hyper, *,
          variance: jax.Array | float = 1.0, dead_N: jax.Array | None = None) -> base.Output:
   """Matryoshka BatchTopK training loss (Bussmann et al. 2025, Sec. 3).
 
-  Args/returns as `batchtopk.loss`; `loss` is the sum of the prefixes' normalized MSEs
-  plus aux_coef · AuxK, `normalized_mse` the full dictionary's.
+  Args/returns as `batchtopk.loss`; `loss` is the mean of the normalized MSEs of b_pre
+  alone and of each prefix (G + 1 terms; the reference code's mean_l2_loss) plus
+  aux_coef · AuxK, `normalized_mse` the full dictionary's.
 
   Raises:
     ConfigError: bad `hp.prefixes`. ValueError: k exceeds n_latents.
@@ -96,10 +99,12 @@ def loss(params: Params, x_BxD: jax.Array, extras: dict, hp: base.Hyper, *,
   z_BxN = batchtopk.batch_topk(pre_BxN, hp.k)
   x_hats = prefix_reconstructions(params, z_BxN, m)
   per_prefix = jnp.stack([base.normalized_mse(x_BxD, x_hat, variance) for x_hat in x_hats])
+  b_pre_only = base.normalized_mse(x_BxD, jnp.broadcast_to(params["b_pre"], x_BxD.shape), variance)
+  reconstruction = (b_pre_only + jnp.sum(per_prefix)) / (len(m) + 1)
   aux = batchtopk.auxk(params, pre_BxN, x_BxD, x_hats[-1], dead_N, hp.k_aux)
-  fired_N, l0 = base.stats(z_BxN)
+  fired_N, l0 = base.stats(z_BxN, hp.fired_threshold)
   threshold = batchtopk.update_threshold(extras["threshold"], z_BxN, hp.threshold_momentum)
-  return base.Output(jnp.sum(per_prefix) + hp.aux_coef * aux, per_prefix[-1],
+  return base.Output(reconstruction + hp.aux_coef * aux, per_prefix[-1],
                     jnp.zeros((), jnp.float32), aux, fired_N, l0, {"threshold": threshold})
 
 

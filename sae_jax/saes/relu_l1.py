@@ -94,7 +94,7 @@ def loss(params: Params, x_BxD: jax.Array, extras, hp: base.Hyper, *,
   z_BxN = encode(params, x_BxD)
   nmse = base.normalized_mse(x_BxD, decode(params, z_BxN), variance)
   sparsity = hp.sparsity_coefficient * decoder_norm_penalty(params, z_BxN)
-  fired_N, l0 = base.stats(z_BxN)
+  fired_N, l0 = base.stats(z_BxN, hp.fired_threshold)
   return base.Output(nmse + sparsity, nmse, sparsity, jnp.zeros((), jnp.float32), fired_N, l0,
                     extras)
 

@@ -120,11 +120,12 @@ init_extras = base.no_extras  # no training state beyond the params
 
 def _auxk_loss(params: Params, pre_BxN: jax.Array, e_BxD: jax.Array, dead_N: jax.Array,
                k_aux: int) -> jax.Array:
-  """||e - W_dec z_aux||^2 / ||e||^2 with z_aux the top-k_aux dead pre-activations."""
+  """||e - W_dec z_aux||^2 / ||e - mean_b e||^2 (`base.auxk_normalized_mse`) with z_aux
+  the top-k_aux dead pre-activations (Gao et al. 2024, Sec. A.2)."""
   masked_BxN = jnp.where(dead_N[None, :], pre_BxN, -jnp.inf)
   aux_code = topk(masked_BxN, k_aux)
   e_hat_BxD = to_dense(aux_code, pre_BxN.shape[1]) @ params["W_dec"]
-  return jnp.sum((e_BxD - e_hat_BxD) ** 2) / jnp.maximum(jnp.sum(e_BxD**2), 1e-30)
+  return base.auxk_normalized_mse(e_BxD, e_hat_BxD)
 
 
 LossOutput = base.Output
@@ -132,7 +133,8 @@ LossOutput = base.Output
 
 def dense_loss(params: Params, x_BxD: jax.Array, *, k: int, variance: jax.Array | float = 1.0,
                dead_N: jax.Array | None = None, k_aux: int = 0, aux_coef: float = 1 / 32,
-               multi_topk: bool = False, compute_dtype: str = "float32") -> base.Output:
+               multi_topk: bool = False, compute_dtype: str = "float32",
+               fired_threshold: float = 0.0) -> base.Output:
   """TopK training loss with AuxK (Gao et al. 2024, Sec. 2.4 and A.2), by plain autodiff
   (the reference the sparse step `sparse_loss` is tested against).
 
@@ -149,11 +151,13 @@ def dense_loss(params: Params, x_BxD: jax.Array, *, k: int, variance: jax.Array 
       2024, Sec. 5.3 "Multi-TopK": L(k) + L(4k)/8), so the SAE also works at larger k.
     compute_dtype: input dtype of the encoder and decoder matmuls ("float32" or
       "bfloat16", float32 accumulation).
+    fired_threshold: a latent fires where z > this (`base.Hyper.fired_threshold`).
 
   The AuxK term reconstructs the residual e = x - x_hat (held constant) with the top-k_aux
   dead latents: e_hat = W_dec z_aux, without b_pre (already inside x_hat, so b_pre is
-  counted once), and is ||e - e_hat||^2 / ||e||^2 summed over the batch. It is exactly zero
-  when no latent is dead.
+  counted once), and is sum ||e - e_hat||^2 / sum ||e - mean_b e||^2 over the batch, the
+  normalisation of OpenAI's code (`base.auxk_normalized_mse`). It is exactly zero when no
+  latent is dead.
   """
   n_latents = params["W_enc"].shape[1]
   pre_BxN = sparse.encoder_matmul(params, x_BxD, compute_dtype)
@@ -181,7 +185,7 @@ def dense_loss(params: Params, x_BxD: jax.Array, *, k: int, variance: jax.Array 
     aux = jax.lax.cond(jnp.any(dead_N), lambda *a: _auxk_loss(*a, k_aux),
                        lambda *_: jnp.zeros((), jnp.float32), params, pre_BxN, e_BxD, dead_N)
 
-  fired_N, l0 = base.stats(z_BxN)
+  fired_N, l0 = base.stats(z_BxN, fired_threshold)
   return base.Output(objective + aux_coef * aux, nmse, jnp.zeros((), jnp.float32), aux, fired_N,
                     l0, {})
 
@@ -200,13 +204,13 @@ def sparse_auxk(params: Params, pre_BxN: jax.Array, x_BxD: jax.Array, e_BxD: jax
   pre_E = sparse.select(params["W_enc"], params["b_enc"], params["b_pre"], x_BxD, row_E, idx_E,
                         vals_BxK.reshape(-1), impl)
   e_hat_BxD = sparse.decode(params["W_dec"], row_E, idx_E, pre_E, B, impl)
-  return jnp.sum((e_BxD - e_hat_BxD) ** 2) / jnp.maximum(jnp.sum(e_BxD**2), 1e-30)
+  return base.auxk_normalized_mse(e_BxD, e_hat_BxD)
 
 
 def sparse_loss(params: Params, x_BxD: jax.Array, *, k: int, variance: jax.Array | float = 1.0,
                 dead_N: jax.Array | None = None, k_aux: int = 0, aux_coef: float = 1 / 32,
-                multi_topk: bool = False, impl: str = "xla", compute_dtype: str = "float32"
-                ) -> base.Output:
+                multi_topk: bool = False, impl: str = "xla", compute_dtype: str = "float32",
+                fired_threshold: float = 0.0) -> base.Output:
   """`dense_loss` computed sparsely (as Gao et al. 2024's kernels do): the same value and gradients, but
   after the encoder matmul only the k selected latents per token are touched -- the
   decoder gathers k rows, the decoder gradient is a scatter-add of k rows per token, the
@@ -248,7 +252,7 @@ def sparse_loss(params: Params, x_BxD: jax.Array, *, k: int, variance: jax.Array
 
   active_BxK = vals_BxK[:, :k] > 0
   fired_N = jnp.zeros((n_latents,), jnp.int32).at[idx_BxK[:, :k]].max(
-      active_BxK.astype(jnp.int32)) > 0
+      (vals_BxK[:, :k] > fired_threshold).astype(jnp.int32)) > 0
   l0 = jnp.mean(jnp.sum(active_BxK, axis=-1).astype(jnp.float32))
   return base.Output(objective + aux_coef * aux, nmse, jnp.zeros((), jnp.float32), aux, fired_N,
                     l0, {})
@@ -266,7 +270,8 @@ def loss(params: Params, x_BxD: jax.Array, extras, hp: Hyper, *,
   for TopK), else `dense_loss`; same value and gradients."""
   del extras
   kw = dict(k=hp.k, variance=variance, dead_N=dead_N, k_aux=hp.k_aux, aux_coef=hp.aux_coef,
-            multi_topk=hp.multi_topk, compute_dtype=hp.compute_dtype)
+            multi_topk=hp.multi_topk, compute_dtype=hp.compute_dtype,
+            fired_threshold=hp.fired_threshold)
   if hp.sparse_impl is None:
     return dense_loss(params, x_BxD, **kw)
   return sparse_loss(params, x_BxD, impl=hp.sparse_impl, **kw)

@@ -19,9 +19,11 @@ def _eval_sums(params, extras, x_BxD, norm_scale, *, sc: StepConfig):
   x = batches.normalize(x_BxD, sc.input_norm, norm_scale)
   z = sc.arch.encode(params, x, extras, sc.hp)
   err = x - sc.arch.decode(params, z)
-  fired = z != 0
+  # L0 counts every non-zero z; dead / dense use the training's definition of firing
+  # (z > fired_threshold, `saes.Hyper.fired_threshold`)
+  fired = z > sc.hp.fired_threshold
   return {"sq_err": jnp.sum(err**2), "sum_x_D": jnp.sum(x, axis=0), "sq_x": jnp.sum(x**2),
-          "l0": jnp.sum(fired), "fires_N": jnp.sum(fired, axis=0)}
+          "l0": jnp.sum(z != 0), "fires_N": jnp.sum(fired, axis=0)}
 
 
 @functools.lru_cache(maxsize=16)
@@ -45,8 +47,8 @@ def evaluate(state: TrainState, source: batches.ActivationSource, c: ml_collecti
   normalized_mse = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 (fraction of variance
   unexplained, Gao et al. 2024 Sec. 2.1), in the SAE's (normalised) input space; mse is
   the mean over tokens of ||x - x_hat||^2 / d_in; l0 the mean number of active latents;
-  dead_fraction the fraction of latents that never fire on the split; dense_fraction
-  those that fire on more than 10% of its tokens.
+  dead_fraction the fraction of latents that never fire on the split (z > train.fired_threshold,
+  as the training counters); dense_fraction those that fire on more than 10% of its tokens.
   """
   n, sq_err, sq_x, l0 = 0, 0.0, 0.0, 0.0
   sum_x = None

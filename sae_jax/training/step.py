@@ -48,6 +48,8 @@ class StepConfig:
   hp: saes.Hyper
   dead_tokens: int
   input_norm: str
+  # lambda ramps linearly from 0 over these steps (`optimizer.sparsity_warmup`; 0: off)
+  sparsity_warmup_steps: int = 0
 
   @property
   def arch(self) -> saes.Architecture:
@@ -57,7 +59,8 @@ class StepConfig:
   def from_config(cls, c: ml_collections.ConfigDict) -> "StepConfig":
     """From a resolved config (see `config.resolve`)."""
     return cls(architecture=c.sae.architecture, hp=hyper(c), dead_tokens=c.train.dead_tokens,
-               input_norm=c.sae.input_norm)
+               input_norm=c.sae.input_norm,
+               sparsity_warmup_steps=int(c.train.get("sparsity_warmup_steps") or 0))
 
 
 def hyper(c: ml_collections.ConfigDict) -> saes.Hyper:
@@ -67,23 +70,33 @@ def hyper(c: ml_collections.ConfigDict) -> saes.Hyper:
   sparse_step = t.get("topk_step") == "sparse" and arch.sparse_step
   return arch.make_hyper(c.sae, n_latents=c.sae.n_latents, k_aux=t.k_aux or 0,
                          aux_coef=t.aux_coef, sparse_impl="xla" if sparse_step else None,
-                         compute_dtype=t.get("compute_dtype", "float32"))
+                         compute_dtype=t.get("compute_dtype", "float32"),
+                         fired_threshold=t.get("fired_threshold", 1e-3))
 
 
 def train_step(state: TrainState, x_BxD: jax.Array, *, sc: StepConfig,
                opt: optax.GradientTransformation) -> tuple[TrainState, dict]:
   """One update of any architecture: its loss, the decoder-gradient projection when its
   decoder rows are unit norm (Gao et al. 2024), Adam, the projection back to the sphere,
-  dead-latent counters. Pure; jit it with `make_train_step`."""
+  dead-latent counters. Pure; jit it with `make_train_step`.
+
+  With sc.sparsity_warmup_steps > 0 the weighted sparsity term (`Output.sparsity_loss`)
+  enters the objective times `optimizer.sparsity_warmup(state.step, ...)`, i.e. lambda
+  ramps linearly from 0 (Conerly et al. 2024; Lieberum et al. 2024), for every
+  architecture whose loss reports its penalty there."""
   arch = sc.arch
   x_BxD = batches.normalize(x_BxD, sc.input_norm, state.norm_scale)
   dead_N = state.tokens_since_fired_N >= sc.dead_tokens
+  ramp = optimizer.sparsity_warmup(state.step, sc.sparsity_warmup_steps)
 
   def loss_fn(params):
     out = arch.loss(params, x_BxD, state.extras, sc.hp, variance=state.variance, dead_N=dead_N)
-    return out.loss, out
+    if sc.sparsity_warmup_steps <= 0:
+      return out.loss, out
+    # loss - (1 - ramp) · sparsity: lambda · ramp in the objective and its gradient
+    return out.loss + (ramp - 1.0) * out.sparsity_loss, out
 
-  (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (objective, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = opt.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   if arch.unit_norm_decoder:
@@ -91,8 +104,8 @@ def train_step(state: TrainState, x_BxD: jax.Array, *, sc: StepConfig,
   B = x_BxD.shape[0]
   since = jnp.minimum(state.tokens_since_fired_N + B, sc.dead_tokens)
   since = jnp.where(out.fired_N, 0, since).astype(jnp.int32)
-  metrics = {"loss": out.loss, "normalized_mse": out.normalized_mse,
-             "sparsity_loss": out.sparsity_loss, "aux_loss": out.aux_loss, "l0": out.l0,
+  metrics = {"loss": objective, "normalized_mse": out.normalized_mse,
+             "sparsity_loss": ramp * out.sparsity_loss, "aux_loss": out.aux_loss, "l0": out.l0,
              "dead_fraction": jnp.mean(dead_N.astype(jnp.float32))}
   new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                       extras=out.extras, tokens_since_fired_N=since)

@@ -83,8 +83,7 @@ class _Run:
       raise ConfigError(
           f"the cache has {source.n_tokens('train')} training tokens, fewer than one batch ({B})")
     sc = StepConfig.from_config(c)
-    opt = optimizer.make(c.train.lr, c.train.adam_b1, c.train.adam_b2, c.train.adam_eps,
-                         project_decoder=sc.arch.unit_norm_decoder)
+    opt = optimizer.from_config(c, project_decoder=sc.arch.unit_norm_decoder)
     scale = batches.norm_scale(c.sae.input_norm, source.stats, self.d_in)
 
     n_sample = min(c.sae.geometric_median_samples, source.n_tokens("train"))
