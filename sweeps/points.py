@@ -46,6 +46,8 @@ def run_id(point: dict, resolved: ml_collections.ConfigDict) -> str:
   identity["data"].pop("cache_dir", None)
   for key in ("eval_measures", "eval_max_contexts", "eval_max_latents"):
     identity["train"].pop(key, None)  # what is measured is not what was trained
+  for key in ("loggers", "log_every_steps"):
+    identity["train"].pop(key, None)  # how a run is watched is not what was trained
   identity["train"].pop("topk_step", None)  # same results either way (tests/sparse_test.py)
   if identity["train"].get("compute_dtype") == "float32":
     del identity["train"]["compute_dtype"]  # the default, as before the field existed
