@@ -88,7 +88,10 @@ class _TensorBoard:
 
   def __init__(self, logdir: str, purge_step: int | None):
     import tensorboardX  # pylint: disable=import-outside-toplevel  # heavy: imports torch
-    self.writer = tensorboardX.SummaryWriter(logdir, purge_step=purge_step, flush_secs=30)
+    # a queue long enough that add_scalar never waits for the writer thread (the default,
+    # 10 events, is less than one log point and made every put block on the disk write)
+    self.writer = tensorboardX.SummaryWriter(logdir, purge_step=purge_step, max_queue=4096,
+                                             flush_secs=30)
 
   def log(self, step: int, scalars: dict[str, float]) -> None:
     for name, value in scalars.items():
