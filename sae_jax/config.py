@@ -25,6 +25,8 @@ from sae_jax.data import settings as data_settings
 from sae_jax.data import synthetic
 from sae_jax.errors import ConfigError
 
+LOGGERS = ("tensorboard", "wandb")  # backends of run tracking (sae_jax.training.tracking)
+
 
 def default_config() -> ml_collections.ConfigDict:
   """The defaults: a TopK SAE on SmolLM2-135M's middle-layer residual stream."""
@@ -115,6 +117,12 @@ def default_config() -> ml_collections.ConfigDict:
   # predicting the mean); 0: no bound. Not part of a run's identity: a run either
   # finishes identically or fails.
   c.train.divergence_factor = 10.0
+  # Run tracking (sae_jax.training.tracking): training curves every log_every_steps steps
+  # and the held-out metrics of each evaluation point, to TensorBoard event files under
+  # <run_dir>/tensorboard and/or Weights & Biases ("wandb": optional, pip install wandb;
+  # WANDB_MODE=offline works). () logs nothing. Not part of a run's identity.
+  c.train.log_every_steps = 10
+  c.train.loggers = ("tensorboard",)
   c.train.n_devices = ml_collections.FieldReference(None, field_type=int)  # None: all
   # Measures of the evaluation suite (sae_jax.evals.suite: "downstream", "probes",
   # "ablation", "explain") added to every evaluation record; they run the LM, so cost
@@ -263,6 +271,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
        f"train.divergence_factor={t.get('divergence_factor')} must be above 1 (or 0: no bound)")
   need(t.checkpoint_every_steps > 0,
        f"train.checkpoint_every_steps={t.checkpoint_every_steps} must be positive")
+  loggers = (t.loggers,) if isinstance(t.loggers, str) else tuple(t.loggers)
+  bad = [x for x in loggers if x not in LOGGERS]
+  need(not bad, f"train.loggers={loggers!r}: unknown logger {bad[0] if bad else ''!r}; use a "
+       f"tuple of {', '.join(map(repr, LOGGERS))}, or () for none")
+  need(isinstance(t.log_every_steps, int) and t.log_every_steps >= 1,
+       f"train.log_every_steps={t.log_every_steps} must be a positive integer")
   data_settings.validate(d)
 
 

@@ -120,6 +120,7 @@ def run_sweep_jobs(path: str, cli_overrides: dict | None, executor: str, group_s
   plan_lib.check_fits(p)
   out = p.out
   files.check_writable(out)
+  launch.watch(base, out, log)
   caches: dict = {}
   for cfg in configs:  # harvest here, once, so jobs only read (synthetic: made in each job)
     key = json.dumps(cfg.data.to_dict(), sort_keys=True, default=str) + str(cfg.seed)

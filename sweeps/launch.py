@@ -26,7 +26,7 @@ from sae_jax import config as config_lib, evals, files
 from sae_jax.data import sources
 from sae_jax.errors import TrainingDivergedError
 from sae_jax.tools import export
-from sae_jax.training import distributed, trainer
+from sae_jax.training import distributed, tracking, trainer
 from sweeps import plan as plan_lib
 from sweeps.points import load_sweep, prepare, run_id  # noqa: F401  (the launcher's API)
 from analysis import report
@@ -166,6 +166,12 @@ def run_points(path: str, indices: list[int], cli_overrides: dict | None = None,
   return [done[i] for i in indices]
 
 
+def watch(base, out: str, log=print) -> None:
+  """Say how to watch the sweep's runs while they train (`sae_jax.training.tracking`)."""
+  if "tensorboard" in tracking.loggers_of(base):
+    log(f"training curves: {tracking.logdir_of(out)}")
+
+
 def write_results(out: str, results: list[dict], n_points: int, fit: bool, log=print,
                   t0: float | None = None) -> str:
   """Write <out>/results.jsonl (atomically) and, if `fit`, the fits and plots."""
@@ -200,6 +206,7 @@ def run_sweep(path: str, cli_overrides: dict | None = None, fit: bool = True,
                                     override_points=override_points))
   out = os.path.join(base.out_dir, base.name)
   files.check_writable(out)
+  watch(base, out, log)
 
   t0 = time.time()
   done, failed = run_points_here(list(range(len(points))), points, configs, out, {}, progress,

@@ -92,6 +92,8 @@ def run_id(point: dict, resolved: ml_collections.ConfigDict) -> str:
     del identity["data"]["corpus_encoding"]  # the default, as before the field existed
   for key in ("eval_measures", "eval_max_contexts", "eval_max_latents"):
     identity["train"].pop(key, None)  # what is measured is not what was trained
+  for key in ("loggers", "log_every_steps"):
+    identity["train"].pop(key, None)  # how a run is watched is not what was trained
   identity["train"].pop("topk_step", None)  # same results either way (tests/sparse_test.py)
   identity["train"].pop("divergence_factor", None)  # a run finishes identically or fails
   if identity["train"].get("compute_dtype") == "float32":

@@ -106,7 +106,8 @@ def train_step(state: TrainState, x_BxD: jax.Array, *, sc: StepConfig,
   since = jnp.where(out.fired_N, 0, since).astype(jnp.int32)
   metrics = {"loss": objective, "normalized_mse": out.normalized_mse,
              "sparsity_loss": ramp * out.sparsity_loss, "aux_loss": out.aux_loss, "l0": out.l0,
-             "dead_fraction": jnp.mean(dead_N.astype(jnp.float32))}
+             "dead_fraction": jnp.mean(dead_N.astype(jnp.float32)),
+             "grad_norm": jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads)))}
   new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                       extras=out.extras, tokens_since_fired_N=since)
   return new, metrics

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from sae_jax import config as config_lib, files
 from sae_jax.data import batches
 from sae_jax.errors import ConfigError, TrainingDivergedError
-from sae_jax.training import checkpoint, distributed, flops, optimizer, sharding
+from sae_jax.training import checkpoint, distributed, flops, optimizer, sharding, tracking
 from sae_jax.training.metrics import evaluate
 from sae_jax.training.step import StepConfig, TrainState, init_state, make_train_step
 
@@ -117,6 +117,7 @@ class _Run:
     self.wall0, self.t0 = float(meta["wall_time_s"]), time.time()
     self.evals = set(eval_steps(self.n_steps, c.train.n_eval_points, c.train.first_eval_fraction))
     self.pending = None  # (step, metrics) of the previous step, pulled to host one step late
+    self.tracker = tracking.Tracker(c, run_dir, self.d_in, self.info, self.start_step)
 
   def wall_time(self) -> float:
     return self.wall0 + time.time() - self.t0
@@ -168,7 +169,10 @@ class _Run:
     """Train on batch `step`; evaluate and checkpoint on schedule. Returns the previous
     step's metrics (host values) when available."""
     self.state, metrics = self.step_fn(self.state, x)
-    previous = self.check(*jax.device_get(self.pending)) if self.pending is not None else None
+    previous = None
+    if self.pending is not None:
+      previous = self.check(*jax.device_get(self.pending))
+      self.tracker.train_step(self.pending[0], previous)
     self.pending = (step, metrics)
     done = step + 1
     if done in self.evals or done % self.c.train.checkpoint_every_steps == 0:
@@ -177,6 +181,7 @@ class _Run:
         measured = evaluate(self.state, self.source, self.c)
         for evaluator in self.evaluators:
           measured.update(evaluator(self.c, self.state, self.source))
+        self.tracker.eval_point(done, measured)
         self.records.append(_record(self.c, self.info, self.d_in, done, measured,
                                     float(metrics["dead_fraction"]), self.wall_time()))
       self.ckpt.save(done, self.state, {"records": self.records, "wall_time_s": self.wall_time(),
@@ -187,7 +192,8 @@ class _Run:
 
   def close(self) -> None:
     if self.pending is not None:
-      self.check(*jax.device_get(self.pending))
+      self.tracker.train_step(self.pending[0], self.check(*jax.device_get(self.pending)))
+    self.tracker.close()
     self.ckpt.close()
 
 
