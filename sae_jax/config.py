@@ -24,6 +24,7 @@ from sae_jax import files, saes
 from sae_jax.data import settings as data_settings
 from sae_jax.data import synthetic
 from sae_jax.errors import ConfigError
+from sae_jax.saes import sparse
 
 LOGGERS = ("tensorboard", "wandb")  # backends of run tracking (sae_jax.training.tracking)
 
@@ -136,6 +137,10 @@ def default_config() -> ml_collections.ConfigDict:
   # "dense" (plain autodiff, the reference). Same results within float tolerance, so it is
   # not part of a run's identity.
   c.train.topk_step = "sparse"
+  # The sparse step's kernels (`sae_jax.saes.sparse`): "cpu_kernels" (C++, one CPU device),
+  # "pallas_gpu" (Pallas/Triton, GPUs) or "xla" (any backend and mesh); None: by backend.
+  # Same results within float tolerance, so not part of a run's identity.
+  c.train.sparse_impl = ml_collections.FieldReference(None, field_type=str)
   # Input dtype of the TopK family's encoder matmul (and of the dense TopK step's decoder
   # matmul): "float32" or "bfloat16" (float32 accumulation and master parameters; for
   # GPUs and TPUs -- CPUs gain nothing).
@@ -258,6 +263,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   need(t.fired_threshold >= 0, f"train.fired_threshold={t.fired_threshold} must be non-negative")
   need(t.topk_step in ("sparse", "dense"),
        f"train.topk_step={t.topk_step!r} must be 'sparse' or 'dense'")
+  need(t.get("sparse_impl") is None or t.sparse_impl in sparse.CONFIG_IMPLS,
+       f"train.sparse_impl={t.get('sparse_impl')!r} must be one of "
+       f"{', '.join(sparse.CONFIG_IMPLS)} (or unset: chosen by backend)")
   need(t.compute_dtype in ("float32", "bfloat16"),
        f"train.compute_dtype={t.compute_dtype!r} must be 'float32' or 'bfloat16'")
   need(t.compute_dtype == "float32" or s.architecture == "topk"

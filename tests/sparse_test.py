@@ -15,7 +15,7 @@ from sae_jax.data import batches
 from sae_jax.saes import batchtopk, sparse, topk
 from sae_jax.training import optimizer, sharding, step, trainer
 
-IMPLS = ["xla", "cpu_kernels"]
+IMPLS = ["xla", "cpu_kernels", "pallas_interpret"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -117,6 +117,85 @@ def test_batch_select_is_the_dense_batch_topk_code(impl):
   assert list(idx[:3]) == [0, 1, 2] and np.all(vals[3:] == 0) and np.all(row[3:] == B - 1)
 
 
+def _ragged_code(rng, B, N, D):
+  """A code as BatchTopK makes them: a varying number of entries per token (tokens 2 and 5
+  have none), and latents that no entry selects (dead: the last 5 and every seventh)."""
+  live = np.array([j for j in range(N - 5) if j % 7])
+  counts = rng.integers(0, 6, size=B)
+  counts[[2, 5]] = 0
+  row = np.repeat(np.arange(B), counts).astype(np.int32)
+  idx = np.concatenate([rng.choice(live, size=c, replace=False) for c in counts]).astype(np.int32)
+  pre = rng.normal(size=row.size).astype(np.float32)
+  return row, idx, pre, rng.normal(size=(N, D)).astype(np.float32)
+
+
+@pytest.mark.parametrize("D", [12, 9])  # d_in tiles of 4 and of 1
+def test_pallas_kernels_equal_xla_on_ragged_codes_and_dead_latents(D):
+  """The decode, its VJP and the encoder gradient (`scatter_rows`, transposed) of the Pallas
+  kernels, run by the interpreter, equal the XLA ops and a float64 reference."""
+  rng = np.random.default_rng(7)
+  B, N = 13, 37
+  row, idx, pre, W = _ragged_code(rng, B, N, D)
+  g = rng.normal(size=(B, D)).astype(np.float32)
+  got = {}
+  for impl in ("xla", "pallas_interpret"):
+    out, vjp = jax.vjp(lambda W, p: sparse.decode(W, row, idx, p, B, impl), W, pre)  # noqa: B023
+    got[impl] = (out, *vjp(g), sparse.scatter_rows(row, idx, pre, g, N, impl, transposed=True))
+  acts = np.maximum(pre.astype(np.float64), 0)
+  ref_out, dW_ref, dW_enc_ref = np.zeros((B, D)), np.zeros((N, D)), np.zeros((D, N))
+  np.add.at(ref_out, row, acts[:, None] * W[idx])
+  np.add.at(dW_ref, idx, acts[:, None] * g[row])
+  np.add.at(dW_enc_ref.T, idx, pre[:, None].astype(np.float64) * g[row])
+  dpre_ref = (pre > 0) * np.sum(W[idx].astype(np.float64) * g[row], axis=1)
+  for impl, (out, dW, dpre, dW_enc) in got.items():
+    for a, b in ((out, ref_out), (dW, dW_ref), (dpre, dpre_ref), (dW_enc, dW_enc_ref)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=impl)
+    assert np.all(np.asarray(out)[[2, 5]] == 0) and np.all(np.asarray(dW)[-5:] == 0)
+    assert np.all(np.asarray(dW_enc)[:, ::7] == 0)  # dead latents: zero gradient columns
+  for a, b in zip(got["pallas_interpret"], got["xla"]):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", ["xla", "pallas_interpret"])
+def test_radix_select_is_the_exact_kth_largest(impl):
+  """BatchTopK's cut by radix select equals a sort, on a size that is no multiple of the
+  kernel's block, with ties, zeros, -0.0 and +inf; 0 when fewer than m are positive."""
+  rng = np.random.default_rng(0)
+  v = np.maximum(rng.normal(size=(37, 53)), 0).astype(np.float32)
+  v[3, :20] = v[4, 0]  # ties
+  v[5, :3] = np.inf
+  v[6, :4] = -0.0
+  desc = np.sort(np.maximum(v.reshape(-1), 0))[::-1]
+  n_pos = int((v > 0).sum())
+  for m in (1, 2, 4, 17, 500, n_pos, n_pos + 1, v.size):
+    want = desc[m - 1] if m <= n_pos else 0.0
+    assert float(sparse.kth_largest(jnp.asarray(v), m, impl)) == want, m
+  with pytest.raises(ValueError, match="m=0 must be in"):
+    sparse.kth_largest(jnp.asarray(v), 0, impl)
+
+
+def test_the_pallas_step_lowers_to_triton_for_a_gpu():
+  """The whole sparse TopK and BatchTopK loss-and-gradient with impl "pallas_gpu" passes
+  Pallas' Triton lowering for a CUDA target here, without a GPU (compiling the Triton IR
+  to PTX is left to a GPU machine: benchmarks/gpu.sh)."""
+  params, x, dead = _topk_problem(B=32, D=16, N=96)
+  hp = batchtopk.Hyper(n_latents=96, k=4, k_aux=8, sparse_impl="pallas_gpu")
+  extras = {"threshold": jnp.asarray(0.2, jnp.float32)}
+  losses = {"topk": lambda p: topk.sparse_loss(p, x, k=4, dead_N=dead, k_aux=8,
+                                                impl="pallas_gpu").loss,
+            "batchtopk": lambda p: batchtopk.loss(p, x, extras, hp, dead_N=dead).loss}
+  triton = "__gpu$xla.gpu.triton"
+  for name, f in losses.items():
+    exported = jax.export.export(
+        jax.jit(jax.value_and_grad(f)), platforms=["cuda"],
+        disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(triton)])(params)
+    module = exported.mlir_module()
+    assert triton in module, name
+    # decode, dpre, dW_dec, dW_enc (and AuxK's); BatchTopK's 8 radix passes
+    assert module.count("call @segment_gather_") >= 4, name
+    assert module.count("call @radix_counts") == (8 if name == "batchtopk" else 0), name
+
+
 def _topk_problem(seed=0, B=64, D=16, N=96):
   rng = np.random.default_rng(seed)
   x = jnp.asarray(rng.normal(size=(B, D)).astype(np.float32) + 0.3)
@@ -213,6 +292,11 @@ def test_train_steps_equal_the_dense_reference(arch):
 def test_the_step_uses_the_kernels_on_one_cpu_device_and_xla_on_a_mesh():
   assert sparse.impl_for(sharding.make_mesh(1)) == "cpu_kernels"
   assert sparse.impl_for(sharding.make_mesh(8)) == "xla"
+  assert sparse.impl_for(sharding.make_mesh(8), "xla") == "xla"  # train.sparse_impl wins
+  with pytest.raises(config.ConfigError, match="'pallas_gpu' needs a GPU backend, not cpu"):
+    sparse.impl_for(sharding.make_mesh(1), "pallas_gpu")
+  with pytest.raises(config.ConfigError, match="'cpu_kernels' runs on one CPU device, not on 8"):
+    sparse.impl_for(sharding.make_mesh(8), "cpu_kernels")
   c = config.resolve(_config(n_devices=1), 32)
   assert step.hyper(c).sparse_impl == "xla"  # upgraded per mesh by make_train_step
   c.train.topk_step = "dense"
@@ -233,6 +317,11 @@ def test_bad_step_settings_say_what_to_change():
   c = _config()
   c.train.topk_step = "fast"
   with pytest.raises(config.ConfigError, match="train.topk_step='fast' must be 'sparse' or 'dense'"):
+    config.resolve(c, 32)
+  c = _config()
+  c.train.sparse_impl = "triton"
+  with pytest.raises(config.ConfigError, match="train.sparse_impl='triton' must be one of xla, "
+                                               "cpu_kernels, pallas_gpu"):
     config.resolve(c, 32)
   c = _config(compute_dtype="bfloat16")
   c.sae.architecture, c.sae.k, c.sae.sparsity_coefficient = "relu_l1", None, 1.0

@@ -15,11 +15,22 @@ encoder matmul is unavoidable. Here the code is kept as a list of E entries
     select(params, x, code) pre_E = (W_enc^T (x - b_pre) + b_enc)[row, idx], given
                            VJP: dW_enc, db_enc on the E selected (token, latent) pairs only
 
-cost O(E·d_in) instead of O(B·n_latents·d_in). Each op has two implementations with the
-same results: "cpu_kernels", C++ XLA FFI kernels compiled on first use
-(`sae_jax/saes/kernels/sparse_kernels.cc`), and "xla", gathers and scatter-adds in plain JAX
-that run on any backend and shard under GSPMD. `impl_for(mesh)` picks: the kernels on a
-single CPU device when they build, else "xla".
+    kth_largest(v, m)      BatchTopK's threshold: the m-th largest of B·n_latents values,
+                           by a radix select (2 histogram passes in XLA, 8 count passes in
+                           Pallas) instead of 31 bisection passes
+
+cost O(E·d_in) instead of O(B·n_latents·d_in). Each op has implementations with the same
+results (`train.sparse_impl`):
+  "cpu_kernels"  C++ XLA FFI kernels compiled on first use (`sae_jax/saes/kernels/`),
+  "pallas_gpu"   Pallas kernels for GPUs, Triton backend (`sae_jax.saes.pallas_kernels`):
+                 the decode, its VJP and the encoder gradient as segment sums over the code
+                 laid out by token or, for the weight gradients, sorted by latent,
+  "xla"          gathers and scatter-adds in plain JAX that run on any backend and shard
+                 under GSPMD,
+  "pallas_interpret"  the Pallas kernels run by Pallas' interpreter on any backend (how
+                 CI tests them without a GPU; slow, not a training choice).
+`impl_for(mesh, requested)` picks by backend when nothing is requested: the C++ kernels on
+one CPU device when they build, the Pallas kernels on one GPU, else "xla".
 
 Shapes: W_dec [n_latents, d_in], W_enc [d_in, n_latents], x [B, d_in]; code arrays [E],
 int32 indices, float32 values.
@@ -37,16 +48,21 @@ import warnings
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from sae_jax import files
-from sae_jax.saes import sharded_topk
+from sae_jax.errors import ConfigError
+from sae_jax.saes import pallas_kernels, sharded_topk
 
 _SOURCE = os.path.join(os.path.dirname(__file__), "kernels", "sparse_kernels.cc")
 _TARGETS = {"sae_topk": "SaeTopK", "sae_decode": "SaeDecode", "sae_gather_dot": "SaeGatherDot",
             "sae_scatter_rows": "SaeScatterRows", "sae_scatter_cols": "SaeScatterCols",
             "sae_batch_select": "SaeBatchSelect"}
-IMPLS = ("xla", "cpu_kernels")
+IMPLS = ("xla", "cpu_kernels", "pallas_gpu", "pallas_interpret")
+_INF_BITS = 0x7F800000  # bit pattern of +inf, the largest non-NaN float32
+CONFIG_IMPLS = ("xla", "cpu_kernels", "pallas_gpu")  # train.sparse_impl (None: by backend)
+_PALLAS = ("pallas_gpu", "pallas_interpret")
 
 
 def _cpu_signature() -> str:
@@ -100,12 +116,34 @@ def kernels_available() -> bool:
   return why is None
 
 
-def impl_for(mesh) -> str:
-  """"cpu_kernels" for a one-device CPU mesh when the kernels build, else "xla"."""
+def impl_for(mesh, requested: str | None = None) -> str:
+  """The sparse ops' implementation for a mesh: `requested` (train.sparse_impl) after
+  checking that it runs there, else by backend: "cpu_kernels" on one CPU device when the
+  kernels build, "pallas_gpu" on one GPU, else "xla" (GSPMD partitions its gathers; a
+  custom kernel on a multi-device mesh would see its operands gathered).
+
+  Raises ConfigError for an unknown name, "cpu_kernels" off a one-device CPU mesh or when
+  they cannot build, "pallas_gpu" off a GPU."""
   devices = mesh.devices.ravel()
-  if len(devices) == 1 and devices[0].platform == "cpu" and kernels_available():
-    return "cpu_kernels"
-  return "xla"
+  platform = devices[0].platform
+  if requested is None:
+    if len(devices) == 1 and platform == "cpu" and kernels_available():
+      return "cpu_kernels"
+    return "pallas_gpu" if len(devices) == 1 and platform == "gpu" else "xla"
+  if requested not in IMPLS:
+    raise ConfigError(f"train.sparse_impl={requested!r} must be one of {CONFIG_IMPLS} "
+                      "(or unset: chosen by backend)")
+  if requested == "cpu_kernels":
+    if len(devices) != 1 or platform != "cpu":
+      raise ConfigError(f"train.sparse_impl='cpu_kernels' runs on one CPU device, not on "
+                        f"{len(devices)} {platform} device(s); use 'xla' or leave it unset")
+    if (why := _load_kernels()) is not None:
+      raise ConfigError(f"train.sparse_impl='cpu_kernels': the C++ kernels are unavailable "
+                        f"({why}); use 'xla' or leave it unset")
+  if requested == "pallas_gpu" and platform != "gpu":
+    raise ConfigError(f"train.sparse_impl='pallas_gpu' needs a GPU backend, not {platform}; "
+                      "use 'xla' or leave it unset")
+  return requested
 
 
 def _check(impl: str):
@@ -124,12 +162,13 @@ def top_k(pre_BxN: jax.Array, k: int, impl: str = "xla", bias_N: jax.Array | Non
           ) -> tuple[jax.Array, jax.Array]:
   """(values [B, k] descending, int32 indices [B, k]) of the k largest entries of each row
   of pre + bias (bias default 0; -inf masks a latent out); ties go to the lower index.
-  "xla" is `sharded_topk.top_k` (exact under latent sharding); the kernel adds the bias as it
+  "xla" and the Pallas impls use `sharded_topk.top_k` (exact under latent sharding); the
+  C++ kernel adds the bias as it
   reads, so pre + bias is never written. A NaN row gets a NaN first value."""
   _check(impl)
   B, N = pre_BxN.shape
   bias_N = jnp.zeros((N,), jnp.float32) if bias_N is None else bias_N.astype(jnp.float32)
-  if impl == "xla":
+  if impl != "cpu_kernels":  # XLA's top_k (on a GPU, its own sort-free kernel)
     return sharded_topk.top_k(pre_BxN + bias_N, k)
   return jax.ffi.ffi_call("sae_topk", (jax.ShapeDtypeStruct((B, k), jnp.float32),
                                        jax.ShapeDtypeStruct((B, k), jnp.int32)))(
@@ -157,12 +196,83 @@ def batch_select(pre_BxN: jax.Array, cut: jax.Array, n_entries: int, impl: str =
           jnp.where(valid, pre_BxN.reshape(-1)[flat], 0.0))
 
 
+def csr_offsets(sorted_E: jax.Array, n: int) -> jax.Array:
+  """offsets [n + 1] of a sorted int array: segment j holds entries offsets[j] ..
+  offsets[j + 1] - 1 (the entries equal to j)."""
+  return jnp.searchsorted(sorted_E, jnp.arange(n + 1, dtype=sorted_E.dtype),
+                          side="left").astype(jnp.int32)
+
+
+def by_latent(row_E, idx_E, coef_E, n: int):
+  """The code re-laid out for the weight gradients: (offsets [n + 1] over latents, row_E,
+  coef_E) with the entries stably sorted by latent (a latent's entries stay in token
+  order, so sums run in the same order as a row-major scatter-add)."""
+  perm = jnp.argsort(idx_E, stable=True)
+  return csr_offsets(idx_E[perm], n), row_E[perm], coef_E[perm]
+
+
+def _threshold_bits(v_M: jax.Array, m: int) -> jax.Array:
+  """int32 bit patterns of v (flattened) in [0, +inf]: their integer order is the float
+  order (a negative value or -0.0 counts as 0, NaN as +inf)."""
+  if not 1 <= m <= v_M.size:
+    raise ValueError(f"m={m} must be in [1, {v_M.size}] (the number of entries)")
+  bits = lax.bitcast_convert_type(v_M.astype(jnp.float32).reshape(-1), jnp.int32)
+  return jnp.clip(bits, 0, _INF_BITS)
+
+
+def kth_largest(v_M: jax.Array, m: int, impl: str = "xla") -> jax.Array:
+  """The m-th largest entry of a non-negative float32 array (any shape), exactly: BatchTopK's
+  cut, the k·B-th largest ReLU pre-activation of the batch (Bussmann et al. 2024, Sec. 3).
+
+  A radix select over the int32 bit patterns of the values (`_threshold_bits`), where a
+  bisection needs 31 compare-and-count passes and `lax.top_k` with k in the tens of
+  thousands sorts:
+    "xla", "cpu_kernels": two histogram passes (scatter-adds): the top 15 bits, then the
+      low 16 bits of the values in the chosen bin;
+    Pallas impls: 8 passes of `pallas_kernels.radix_counts`, each counting the values at or
+      above 16 edges, i.e. 4 bits of the answer per pass (a GPU histogram would need atomics,
+      all contending on the bin of 0 that holds about half of the ReLU outputs).
+
+  Returns 0 when fewer than m entries are positive. Raises ValueError unless
+  1 <= m <= v_M.size.
+  """
+  _check(impl)
+  bits_M = _threshold_bits(v_M, m)
+  if impl in _PALLAS:
+    padded = pallas_kernels.pad_bits(bits_M)
+    R, lo, width = pallas_kernels.RADIX, jnp.int32(0), 1 << 31  # answer in [lo, lo + width)
+    j_R = jnp.arange(R, dtype=jnp.int32)
+    while width > 1:
+      step = max(1, width // R)
+      counts_R = pallas_kernels.radix_counts(padded, lo + j_R * step,
+                                             interpret=impl == "pallas_interpret")
+      in_range_R = np.arange(R) * step < width  # static: the last pass has 8 edges
+      lo = lo + step * (jnp.sum(in_range_R & (counts_R >= m)) - 1)
+      width = step
+    return lax.bitcast_convert_type(lo, jnp.float32)
+
+  def at_or_above(hist):  # [j] = count of values in bins >= j
+    return jnp.cumsum(hist[::-1])[::-1]
+  H, L = 1 << 15, 1 << 16
+  hi_M = bits_M >> 16
+  c1 = at_or_above(jnp.zeros((H,), jnp.int32).at[hi_M].add(1))
+  b1 = jnp.sum(c1 >= m) - 1  # c1[0] = v.size >= m
+  above = jnp.where(b1 + 1 < H, c1[jnp.minimum(b1 + 1, H - 1)], 0)
+  lo_M = jnp.where(hi_M == b1, bits_M & (L - 1), L)  # L: outside the bin, dropped
+  c2 = at_or_above(jnp.zeros((L,), jnp.int32).at[lo_M].add(1, mode="drop"))
+  b2 = jnp.sum(c2 >= m - above) - 1
+  return lax.bitcast_convert_type((b1 << 16) | b2, jnp.float32)
+
+
 def _decode_fwd_impl(W_NxD, row_E, idx_E, pre_E, B, impl):
   _check(impl)
   if impl == "cpu_kernels":
     return jax.ffi.ffi_call("sae_decode", jax.ShapeDtypeStruct((B, W_NxD.shape[1]), jnp.float32))(
         W_NxD, row_E, idx_E, pre_E)
   acts_E = jnp.where(jnp.isnan(pre_E), pre_E, jax.nn.relu(pre_E))
+  if impl in _PALLAS:
+    return pallas_kernels.segment_gather_sum(csr_offsets(row_E, B), idx_E, acts_E, W_NxD,
+                                             interpret=impl == "pallas_interpret")
   return jax.ops.segment_sum(acts_E[:, None] * W_NxD[idx_E], row_E, B, indices_are_sorted=True)
 
 
@@ -172,17 +282,26 @@ def _gather_dot(W_NxD, row_E, idx_E, g_BxD, impl):
   if impl == "cpu_kernels":
     return jax.ffi.ffi_call("sae_gather_dot", jax.ShapeDtypeStruct(idx_E.shape, jnp.float32))(
         W_NxD, row_E, idx_E, g_BxD)
+  if impl in _PALLAS:
+    return pallas_kernels.segment_gather_dot(csr_offsets(row_E, g_BxD.shape[0]), idx_E, W_NxD,
+                                             g_BxD, interpret=impl == "pallas_interpret")
   return jnp.sum(W_NxD[idx_E] * g_BxD[row_E], axis=-1)
 
 
 def scatter_rows(row_E, idx_E, coef_E, g_BxD, n: int, impl: str = "xla", transposed=False):
-  """out[j] = sum_{e: idx_e = j} coef_e g[row_e]: [n, D], or [D, n] if transposed."""
+  """out[j] = sum_{e: idx_e = j} coef_e g[row_e]: [n, D], or [D, n] if transposed (the
+  encoder gradient dW_enc; the Pallas impls write [n, D] rows and XLA transposes)."""
   _check(impl)
   D = g_BxD.shape[1]
   if impl == "cpu_kernels":
     name, shape = ("sae_scatter_cols", (D, n)) if transposed else ("sae_scatter_rows", (n, D))
     return jax.ffi.ffi_call(name, jax.ShapeDtypeStruct(shape, jnp.float32))(
         row_E, idx_E, coef_E, g_BxD)
+  if impl in _PALLAS:  # one program per (latent, d_in block) sums its own entries
+    offsets_N1, src_E, c_E = by_latent(row_E, idx_E, coef_E, n)
+    out = pallas_kernels.segment_gather_sum(offsets_N1, src_E, c_E, g_BxD,
+                                            interpret=impl == "pallas_interpret")
+    return out.T if transposed else out
   out = jnp.zeros((n, D), jnp.float32).at[idx_E].add(coef_E[:, None] * g_BxD[row_E])
   return out.T if transposed else out
 

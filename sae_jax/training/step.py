@@ -50,6 +50,7 @@ class StepConfig:
   input_norm: str
   # lambda ramps linearly from 0 over these steps (`optimizer.sparsity_warmup`; 0: off)
   sparsity_warmup_steps: int = 0
+  sparse_impl: str | None = None  # train.sparse_impl as requested (None: by backend)
 
   @property
   def arch(self) -> saes.Architecture:
@@ -60,7 +61,8 @@ class StepConfig:
     """From a resolved config (see `config.resolve`)."""
     return cls(architecture=c.sae.architecture, hp=hyper(c), dead_tokens=c.train.dead_tokens,
                input_norm=c.sae.input_norm,
-               sparsity_warmup_steps=int(c.train.get("sparsity_warmup_steps") or 0))
+               sparsity_warmup_steps=int(c.train.get("sparsity_warmup_steps") or 0),
+               sparse_impl=c.train.get("sparse_impl"))
 
 
 def hyper(c: ml_collections.ConfigDict) -> saes.Hyper:
@@ -119,13 +121,15 @@ def make_train_step(mesh: Mesh, sc: StepConfig, opt: optax.GradientTransformatio
   """jit the train step once: the state laid out by `state_sharding` (default:
   replicated), the batch split over `data`, metrics replicated, the state donated.
   Call it inside `jax.set_mesh(mesh)` when the mesh has a `model` axis > 1, so TopK
-  runs exactly across latent shards (`sae_jax.saes.sharded_topk.top_k`)."""
+  runs exactly across latent shards (`sae_jax.saes.sharded_topk.top_k`). Raises
+  ConfigError when sc.sparse_impl cannot run on the mesh (`sparse.impl_for`)."""
   replicated = NamedSharding(mesh, P())
   state_sharding = replicated if state_sharding is None else state_sharding
   if mesh.devices.ravel()[0].platform == "cpu":
     host_memory.retain_freed_memory()  # no page faults on every step's temporaries
-  if sc.hp.sparse_impl is not None:  # the C++ kernels on one CPU device, else XLA ops
-    sc = dataclasses.replace(sc, hp=dataclasses.replace(sc.hp, sparse_impl=sparse.impl_for(mesh)))
+  if sc.hp.sparse_impl is not None:  # train.sparse_impl, else C++ on one CPU, Pallas on one GPU
+    impl = sparse.impl_for(mesh, sc.sparse_impl)
+    sc = dataclasses.replace(sc, hp=dataclasses.replace(sc.hp, sparse_impl=impl))
   return jax.jit(functools.partial(train_step, sc=sc, opt=opt),
                  in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
                  out_shardings=(state_sharding, replicated), donate_argnums=0)
