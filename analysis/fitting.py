@@ -227,6 +227,9 @@ class LawFit:
     n_starts: starting points tried (the grid of `Law.inits`).
     bootstrap: (B, Q) the refitted parameters of each bootstrap resample (named order).
     seed: the bootstrap seed.
+    n_bootstrap_excluded: refits left out of the intervals and bands because they ran
+      to a degenerate point (a parameter fitted through its log, a or c, under- or
+      overflowed to 0 or inf; or the optimiser failed).
     degenerate: True if the fit ran to an edge or the parameters are not identified.
     note: why it is degenerate, or why there are no intervals (too few points for a
       bootstrap: every resample that can be fitted is nearly the data itself); "".
@@ -247,6 +250,7 @@ class LawFit:
   n_starts: int
   bootstrap: list[list[float]] = dataclasses.field(default_factory=list)
   seed: int = 0
+  n_bootstrap_excluded: int = 0
   degenerate: bool = False
   note: str = ""
 
@@ -268,15 +272,20 @@ class LawFit:
     """Pointwise bootstrap band of the law at x: the (1-level)/2 and (1+level)/2 quantiles
     of the predictions of the bootstrap refits (the extrapolation uncertainty).
 
+    A refit whose parameters cannot be evaluated (a log-fitted a or c stored as 0 or
+    inf, or None from JSON: fits.json files written before such refits were excluded)
+    is left out.
+
     Raises:
-      ConfigError: the fit has no bootstrap samples (fit with n_bootstrap > 0).
+      ConfigError: the fit has no usable bootstrap samples (fit with n_bootstrap > 0).
     """
-    if not self.bootstrap:
-      raise ConfigError(f"the {self.law} fit has no bootstrap samples; refit with n_bootstrap > 0")
+    thetas = _bootstrap_thetas(self.spec, self.bootstrap)
+    if not len(thetas):
+      raise ConfigError(f"the {self.law} fit has no usable bootstrap samples; refit with "
+                        f"n_bootstrap > 0")
     logx = _log_inputs(self.spec, x)
-    preds = np.stack([self.spec.log_predict(np.array(
-        [math.log(v) if p in self.spec.log_params else v for p, v in zip(self.spec.params, b)]),
-        logx) for b in self.bootstrap])
+    with np.errstate(over="ignore", invalid="ignore"):
+      preds = np.stack([self.spec.log_predict(theta, logx) for theta in thetas])
     q = np.quantile(preds, [(1 - level) / 2, (1 + level) / 2], axis=0)
     return np.exp(q[0]), np.exp(q[1])
 
@@ -295,6 +304,17 @@ class LawFit:
     if "law" not in d or d["law"] not in laws_lib.LAWS:
       raise ConfigError(f"not a fitted law: {str(d.get('error', d))[:200]}")
     return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _bootstrap_thetas(law: laws_lib.Law, rows: Sequence[Sequence[Any]]) -> np.ndarray:
+  """(B', Q) thetas (logs of the log_params) of the bootstrap rows that have finite ones."""
+  B = np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=np.float64)
+  if B.size == 0:
+    return B.reshape(0, law.n_params)
+  is_log = np.array([p in law.log_params for p in law.params])
+  with np.errstate(divide="ignore", invalid="ignore"):
+    theta = np.where(is_log, np.log(np.where(is_log, B, 1.0)), B)
+  return theta[np.all(np.isfinite(theta), axis=1)]
 
 
 def _log_inputs(law: laws_lib.Law, x: Any) -> dict[str, np.ndarray]:
@@ -480,7 +500,7 @@ def _fit_law(law, xs, y_P, u, mu, logy, starts, variables, huber_delta, n_bootst
   stderr = {p: (s if math.isfinite(s) else None) for p, s in stderr.items()}
   notes += _edge_notes(law, params, y_P, xs, variables)
 
-  boots, ci95, boot_note = [], {p: None for p in law.params}, ""
+  boots, ci95, boot_note, n_excluded = [], {p: None for p in law.params}, "", 0
   if n_bootstrap > 0:
     rng = np.random.default_rng(seed)
     for _ in range(n_bootstrap):
@@ -491,8 +511,12 @@ def _fit_law(law, xs, y_P, u, mu, logy, starts, variables, huber_delta, n_bootst
       else:
         continue
       tb, _ = _minimise([F[idx] for F in Fs], logy[idx], [theta_c], huber_delta, ftol=1e-12)
-      if tb is not None:
-        boots.append([v for v in law.named(T @ tb).values()])
+      with np.errstate(over="ignore", under="ignore"):
+        row = list(law.named(T @ tb).values()) if tb is not None else []
+      if _usable_refit(law, row):
+        boots.append(row)
+      else:  # e.g. log c ran to -inf: c underflows to 0.0 and its log is undefined
+        n_excluded += 1
     distinct = len(np.unique(np.round(np.array(boots), 10), axis=0)) if boots else 0
     if distinct < max(10, min(n_bootstrap, 1000) // 10):
       boot_note = (f"the bootstrap gave only {distinct} distinct refits of {n_bootstrap} "
@@ -502,6 +526,10 @@ def _fit_law(law, xs, y_P, u, mu, logy, starts, variables, huber_delta, n_bootst
     else:
       lo, hi = np.percentile(np.array(boots), [2.5, 97.5], axis=0)
       ci95 = {p: [float(a), float(b)] for p, a, b in zip(law.params, lo, hi)}
+    if n_excluded:
+      boot_note = "; ".join(filter(None, [boot_note, (
+          f"{n_excluded} of {n_bootstrap} bootstrap refits ran to a degenerate point (a "
+          f"parameter fitted through its log reached 0 or inf) and were left out")]))
 
   degenerate = bool(notes)
   note = "; ".join(notes + ([boot_note] if boot_note else []))
@@ -511,7 +539,14 @@ def _fit_law(law, xs, y_P, u, mu, logy, starts, variables, huber_delta, n_bootst
                 n_points=P, residuals=r_P.tolist(), x={i: v.tolist() for i, v in xs.items()},
                 variables=variables, y=y_P.tolist(), objective=objective,
                 huber_delta=float(huber_delta), n_starts=len(starts), bootstrap=boots,
-                seed=int(seed), degenerate=degenerate, note=note)
+                seed=int(seed), n_bootstrap_excluded=n_excluded, degenerate=degenerate,
+                note=note)
+
+
+def _usable_refit(law, row) -> bool:
+  """A refit is usable if every parameter is finite and each log-fitted one is > 0."""
+  return bool(row) and all(math.isfinite(v) and (v > 0 or p not in law.log_params)
+                           for p, v in zip(law.params, row))
 
 
 def _edge_notes(law, params, y_P, xs, variables) -> list[str]:

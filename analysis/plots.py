@@ -83,9 +83,12 @@ def _fit_or_none(entry: Any) -> LawFit | None:
 
 
 def _band(ax: Any, fit: LawFit | None, x: np.ndarray, color: Any, alpha: float = 0.15) -> None:
-  """Shade the bootstrap 95% band of `fit` over x (nothing without bootstrap samples)."""
+  """Shade the bootstrap 95% band of `fit` over x (nothing without usable bootstrap samples)."""
   if fit is not None and fit.bootstrap:
-    lo, hi = fit.predict_band(x)
+    try:
+      lo, hi = fit.predict_band(x)
+    except ConfigError:  # every refit degenerate: no band to draw, the fit itself stands
+      return
     ax.fill_between(x, lo, hi, color=color, alpha=alpha, lw=0, zorder=1)
 
 

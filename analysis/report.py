@@ -60,9 +60,10 @@ def fit_sweep(results: ResultsArg, out_dir: str | os.PathLike | None = None, *,
     relative to out_dir.
 
   Writes:
-    `out_dir/fits.json` (atomically: a failure leaves an old one intact) and
-    `out_dir/plots/<stem>.{png,pdf}` for every stem of `PLOT_STEMS`, plus
-    `extrapolation_L_N` (the first k with an L(N) fit) and `extrapolation_L_C` when fitted.
+    `out_dir/fits.json` and `out_dir/plots/<stem>.{png,pdf}` for every stem of
+    `PLOT_STEMS`, plus `extrapolation_L_N` (the first k with an L(N) fit) and
+    `extrapolation_L_C` when fitted: together or not at all (`sae_jax.files.staged_outputs`),
+    so a failure leaves an earlier fits.json and its plots intact.
 
   Raises:
     ConfigError: missing/empty results, no record left after filtering, or records
@@ -89,12 +90,23 @@ def fit_sweep(results: ResultsArg, out_dir: str | os.PathLike | None = None, *,
   if filters:
     fits["filters"] = json.loads(json.dumps(filters, default=str))
   default = loss_key == "normalized_mse"
-  plot_dir = os.path.join(out_dir, "plots") if default else os.path.join(out_dir, "plots", loss_key)
-  written = write_plots(records, fits, plot_dir, loss_key)
-  fits["plots"] = [os.path.relpath(p, out_dir) for p in written]
+  plot_rel = "plots" if default else os.path.join("plots", loss_key)
   name = FITS_FILENAME if default else f"fits_{loss_key}.json"
-  files.write_json_atomic(os.path.join(out_dir, name), fits)
+  # fits.json and its plots appear together or not at all: all are drawn into a staging
+  # directory and moved into place only once every one has been written; plots of an
+  # earlier fit that this one does not draw (a law no longer fitted) are removed.
+  with files.staged_outputs(out_dir, remove=_stale_plots(out_dir, plot_rel)) as staging:
+    written = write_plots(records, fits, os.path.join(staging, plot_rel), loss_key)
+    fits["plots"] = [os.path.relpath(p, staging) for p in written]
+    files.write_json_atomic(os.path.join(staging, name), fits)
   return fits
+
+
+def _stale_plots(out_dir: str, plot_rel: str) -> list[str]:
+  """The figures of `PLOT_STEMS` / `EXTRAPOLATION_STEMS` already in out_dir/plot_rel."""
+  stems = PLOT_STEMS + EXTRAPOLATION_STEMS + ("sparsity_fidelity",)
+  return [os.path.join(plot_rel, f"{stem}.{ext}") for stem in stems for ext in ("png", "pdf")
+          if os.path.isfile(os.path.join(out_dir, plot_rel, f"{stem}.{ext}"))]
 
 
 def write_plots(records: Sequence[Mapping[str, Any]], fits: Mapping[str, Any],

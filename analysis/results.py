@@ -49,6 +49,74 @@ def read_jsonl(path: str) -> list[dict]:
   return files.read_jsonl(path, warn=warn_caller)
 
 
+RECORD_IDENTITY = ("sweep", "run_id", "tokens")
+"""A record is one evaluation of one run: (sweep, run_id, tokens) names it."""
+COMPARED_FIELDS = ("architecture", "n_latents", "k", "d_in", "final", "flops", "step",
+                   "normalized_mse", "mse", "l0", "model", "layer")
+"""Two records of the same identity that differ in one of these (or in the fitted loss)
+say different things about the same evaluation: a conflict, not a copy."""
+
+
+def dedupe_records(records: Iterable[Mapping[str, Any]], labels: Iterable[str] | None = None,
+                   *, loss_key: str = "normalized_mse") -> list[dict]:
+  """The records with exact copies collapsed (the first kept), warning how many there were.
+
+  Two records are copies when they share `RECORD_IDENTITY` (sweep, run_id, tokens) and
+  agree on `COMPARED_FIELDS` and `loss_key` (a results table concatenated twice, or a run
+  appended again). Fitting both would count one measurement twice and narrow every
+  interval.
+
+  Args:
+    records: run records, in file order.
+    labels: one per record, naming where it came from ("results.jsonl:12"); default
+      "record <i>" (counted from 1).
+    loss_key: the fitted loss, compared too.
+
+  Returns:
+    The records without copies, in their first order.
+
+  Raises:
+    ConfigError: two records of one identity disagree (e.g. a different loss); the
+      message names both lines and the field.
+  """
+  records = list(records)
+  labels = list(labels) if labels is not None else [f"record {i + 1}" for i in range(len(records))]
+  fields = COMPARED_FIELDS + ((loss_key,) if loss_key not in COMPARED_FIELDS else ())
+  first: dict[tuple, int] = {}
+  kept, copies = [], []
+  for i, r in enumerate(records):
+    key = tuple(json_key(r.get(f)) for f in RECORD_IDENTITY)
+    if key not in first:
+      first[key] = i
+      kept.append(dict(r))
+      continue
+    j = first[key]
+    diff = [f for f in fields if json_key(records[j].get(f)) != json_key(r.get(f))]
+    if diff:
+      f = diff[0]
+      raise ConfigError(
+          f"conflicting duplicate records: {labels[j]} and {labels[i]} are both "
+          f"sweep={r.get('sweep')!r} run_id={r.get('run_id')!r} tokens={r.get('tokens')!r} but "
+          f"{f} = {records[j].get(f)!r} vs {r.get(f)!r}; delete the wrong line")
+    copies.append((labels[i], labels[j]))
+  if copies:
+    warn_caller(f"collapsed {len(copies)} duplicate record(s) (same sweep, run_id, tokens and "
+                f"values; e.g. {copies[0][0]} repeats {copies[0][1]}): each evaluation is "
+                f"fitted once")
+  return kept
+
+
+def json_key(value: Any) -> Any:
+  """A hashable, order-independent form of a JSON value (for comparing records)."""
+  if isinstance(value, Mapping):
+    return tuple(sorted((str(k), json_key(v)) for k, v in value.items()))
+  if isinstance(value, list):
+    return tuple(json_key(v) for v in value)
+  if isinstance(value, float) and value.is_integer():
+    return int(value)
+  return value
+
+
 def get_field(record: Mapping[str, Any], key: str) -> Any:
   """`record[key]`, where a dotted key walks nested dicts ("config.train.lr"); None if absent."""
   if key in record:
@@ -121,17 +189,21 @@ def load_results(paths: str | os.PathLike | Iterable[str | os.PathLike],
 
   Raises:
     ConfigError: a file is missing or malformed, a filter names a field no record has,
-      or no record is left (the message names the filter and the values present).
+      no record is left (the message names the filter and the values present), or two
+      records of one (sweep, run_id, tokens) disagree (`dedupe_records`: exact copies
+      are collapsed with a warning).
   """
   if isinstance(paths, (str, os.PathLike)):
     paths = [paths]
-  files = [resolve_results_path(p) for p in paths]
-  if not files:
+  found = [resolve_results_path(p) for p in paths]
+  if not found:
     raise ConfigError("no results files given; pass runs/<sweep>/results.jsonl")
-  records = []
-  for f in files:
-    records.extend(read_jsonl(f))
-  where = ", ".join(files)
+  records, labels = [], []
+  for f in found:
+    for line, record in files.read_jsonl(f, warn=warn_caller, line_numbers=True):
+      records.append(record)
+      labels.append(f"{f}:{line}")
+  where = ", ".join(found)
   if not records:
     raise ConfigError(f"no records in {where}: the file is empty; "
                       f"has the sweep evaluated any run yet?")
@@ -140,7 +212,9 @@ def load_results(paths: str | os.PathLike | Iterable[str | os.PathLike],
       fields = sorted({k for r in records for k in r if k != "config"})
       raise ConfigError(f"filter {key!r} matches no field of the records in {where}; "
                         f"fields are: {', '.join(fields)}")
-  kept = [r for r in records if matches(r, filters)]
+  keep = [matches(r, filters) for r in records]
+  kept = dedupe_records([r for r, k in zip(records, keep) if k],
+                        [lab for lab, k in zip(labels, keep) if k])
   if not kept:
     asked = ", ".join(f"{k}={v!r}" for k, v in filters.items())
     present = "; ".join(_describe_values(records, k) for k in filters)

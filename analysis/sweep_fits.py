@@ -13,7 +13,7 @@ from analysis import convergence as convergence_lib
 from analysis import optimal
 from analysis._warn import warn_caller
 from analysis.fitting import HUBER_DELTA, LOSS_KEY, compute_frontier, fit_law
-from analysis.results import get_field, is_usable, run_key
+from analysis.results import dedupe_records, get_field, is_usable, run_key
 from sae_jax.errors import ConfigError
 from sae_jax.files import json_safe
 
@@ -49,6 +49,7 @@ def _groups(records, multi_arch):
 
 
 CONVERGENCE_POLICIES = ("include", "exclude")
+MIN_RUNS_L_C = 3  # fewer runs: the "frontier" is one run's training curve
 
 
 def fit_scaling_laws(records: Sequence[Mapping[str, Any]], *, loss_key: str = LOSS_KEY,
@@ -74,8 +75,11 @@ def fit_scaling_laws(records: Sequence[Mapping[str, Any]], *, loss_key: str = LO
 
   Each fit is `fit_law` (Huber in log space, L-BFGS-B from a grid, bootstrap 95%
   intervals) as a dict; a fit the data cannot support holds {"error": "..."} instead, so
-  one missing law never hides the others. Records whose loss is missing, NaN, inf or <= 0
-  are left out (counted in "n_excluded", with a warning).
+  one missing law never hides the others (L(C) needs evaluation points of at least
+  `MIN_RUNS_L_C` runs). Records whose loss is missing, NaN, inf or <= 0 are left out
+  (counted in "n_excluded", with a warning); exact copies of a record (same sweep,
+  run_id, tokens and values) are fitted once, with a warning
+  (`analysis.results.dedupe_records`).
 
   Args:
     records: run records (see `analysis.results.load_results`).
@@ -91,13 +95,15 @@ def fit_scaling_laws(records: Sequence[Mapping[str, Any]], *, loss_key: str = LO
     "compute_optimal", "lr_opt", "n_records", "n_runs", "n_excluded", "sweeps"}.
 
   Raises:
-    ConfigError: `records` is empty, or `convergence` is not "include" / "exclude".
+    ConfigError: `records` is empty, `convergence` is not "include" / "exclude", or two
+      records of one (sweep, run_id, tokens) disagree (the message names both).
   """
   if not records:
     raise ConfigError("no records to fit; check the results file and the filters")
   if convergence not in CONVERGENCE_POLICIES:
     raise ConfigError(f"convergence={convergence!r} is not one of "
                       f"{', '.join(CONVERGENCE_POLICIES)}")
+  records = dedupe_records(records, loss_key=loss_key)
   usable = [r for r in records if is_usable(r, loss_key)]
   n_excluded = len(records) - len(usable)
   if not usable:
@@ -151,8 +157,14 @@ def fit_scaling_laws(records: Sequence[Mapping[str, Any]], *, loss_key: str = LO
   evals = [r for r in usable if is_usable(r, "flops")]
   idx = compute_frontier([r["flops"] for r in evals], [r[loss_key] for r in evals])
   frontier = [evals[i] for i in idx]
-  L_C = _try(fit_law, "power_law", [r["flops"] for r in frontier],
-             [r[loss_key] for r in frontier], variables={"x": "flops"}, **fit_kw)
+  n_runs_c = len({run_key(r) for r in evals})
+  if n_runs_c < MIN_RUNS_L_C:
+    L_C = {"error": f"L(C) needs evaluation points of at least {MIN_RUNS_L_C} distinct runs, "
+                    f"got {n_runs_c}: a frontier of fewer runs is their training curves, not "
+                    f"a compute-efficient frontier; add runs of other n_latents"}
+  else:
+    L_C = _try(fit_law, "power_law", [r["flops"] for r in frontier],
+               [r[loss_key] for r in frontier], variables={"x": "flops"}, **fit_kw)
   fields = ("sweep", "run_id", "n_latents", "k", "tokens", "step", "flops", loss_key)
   L_C["frontier"] = [{f: r.get(f) for f in fields} for r in frontier]
   L_C["n_eval_points"] = len(evals)

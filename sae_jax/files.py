@@ -7,19 +7,23 @@ of the project but its errors).
   never half of either.
 * `write_json_atomic`, `json_safe`: JSON with one rule for non-finite numbers (they
   become null, so every file is strict JSON that any reader parses).
+* `staged_outputs`: several files (fits.json and its plots) that appear together or not
+  at all: written into a staging directory, moved into place only when all succeeded.
 * `read_jsonl`: JSON lines, tolerating only a truncated last line (a writer still going).
 * `check_writable`, `cache_root`: where outputs and caches go.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 import warnings
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -117,6 +121,48 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, jsonl: bool = False,
   atomic_write_bytes(path, text.encode())
 
 
+@contextlib.contextmanager
+def staged_outputs(out_dir: str | os.PathLike,
+                   remove: Iterable[str | os.PathLike] = ()) -> Iterator[str]:
+  """Write a set of files that must appear together or not at all (a fits.json and the
+  plots drawn from it).
+
+  Yields a fresh staging directory inside `out_dir`; the block writes its files under it
+  at the relative paths they should have under `out_dir`. If the block raises, the
+  staging directory is deleted and nothing under `out_dir` changes. If it returns, every
+  staged file is moved onto its place (`os.replace`, atomic per file; files in
+  sub-directories first, then the top-level ones, so an index such as fits.json lands
+  last), then the paths of `remove` (relative to `out_dir`: outputs of an earlier run
+  that this one no longer writes) are deleted. No computation runs between the moves,
+  so only a crash within those few renames could leave a mixture.
+
+  Raises:
+    ConfigError: `out_dir` cannot be written (nothing is computed or moved).
+  """
+  out_dir = os.fspath(out_dir)
+  check_writable(out_dir)
+  staging = tempfile.mkdtemp(dir=out_dir, prefix=".staging-")
+  try:
+    yield staging
+    staged = []
+    for root, _, names in os.walk(staging):
+      staged += [os.path.relpath(os.path.join(root, n), staging) for n in names]
+    staged.sort(key=lambda rel: (os.sep not in rel, rel))  # sub-directories first
+    mode = new_file_mode()
+    for rel in staged:
+      target = os.path.join(out_dir, rel)
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      os.chmod(os.path.join(staging, rel), mode)
+      os.replace(os.path.join(staging, rel), target)
+    for rel in remove:
+      target = os.path.join(out_dir, os.fspath(rel))
+      if os.fspath(rel) not in staged and os.path.isfile(target):
+        os.remove(target)
+    _fsync_dir(out_dir)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
 def read_json(path: str | os.PathLike, default: Any = None) -> Any:
   """The JSON in `path`, or `default` if it is missing or not valid JSON (for caches and
   memos that are rebuilt when unreadable)."""
@@ -127,8 +173,10 @@ def read_json(path: str | os.PathLike, default: Any = None) -> Any:
     return default
 
 
-def read_jsonl(path: str | os.PathLike, warn: Callable[[str], None] = warnings.warn) -> list[dict]:
-  """Every record of a JSON-lines file, in file order.
+def read_jsonl(path: str | os.PathLike, warn: Callable[[str], None] = warnings.warn,
+               line_numbers: bool = False) -> list[dict] | list[tuple[int, dict]]:
+  """Every record of a JSON-lines file, in file order (with `line_numbers`: (line, record)
+  pairs, lines counted from 1, so a caller can name the line of a bad record).
 
   A truncated last line (no final newline: a writer still going) is skipped, saying so
   through `warn`; any other line that is not a JSON object is an error.
@@ -159,7 +207,7 @@ def read_jsonl(path: str | os.PathLike, warn: Callable[[str], None] = warnings.w
     if not isinstance(record, dict):
       raise ConfigError(f"{path}:{i + 1} is a JSON {type(record).__name__}, not an object; "
                         f"each line must be one record")
-    records.append(record)
+    records.append((i + 1, record) if line_numbers else record)
   return records
 
 

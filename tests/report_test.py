@@ -3,6 +3,7 @@ six plot files; failures leave an existing fits.json untouched."""
 
 import json
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -120,3 +121,143 @@ def test_fit_any_measure_of_the_records(tmp_path):
   assert (tmp_path / "plots" / "delta_ce" / "loss_vs_n_latents.png").exists()
   for key in ("k=16", "k=32"):
     assert fits["L_N"][key]["power_law"]["params"]["alpha"] == pytest.approx(0.4, rel=0.05)
+
+
+# --- issue 21: degenerate refits, duplicates, one n_latents, all-or-nothing outputs ------------
+
+EQ3 = dict(alpha=-0.5, beta_k=-0.3, beta_n=-0.2, gamma=-0.05, zeta=-4.0, eta=-0.1)
+
+
+def _eq3_records(seed=0, ns=2 ** np.arange(10, 16), ks=2 ** np.arange(3, 8)):
+  """Gao et al. Eq. 3 planted over 6 n_latents x 5 k, 2% lognormal noise, two evaluations
+  per run (the final one at 2^20 tokens)."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for n in ns:
+    for k in ks:
+      ln, lk = np.log(n), np.log(k)
+      L = (np.exp(EQ3["alpha"] + EQ3["beta_k"] * lk + EQ3["beta_n"] * ln + EQ3["gamma"] * lk * ln)
+           + np.exp(EQ3["zeta"] + EQ3["eta"] * lk))
+      for tokens in (2 ** 18, 2 ** 20):
+        loss = L * (1 + (2 ** 18 / tokens) * 0.1) * np.exp(rng.normal(0, 0.02))
+        out.append({"sweep": "eq3", "run_id": f"n{n}_k{k}", "architecture": "topk",
+                    "n_latents": int(n), "k": int(k), "d_in": D_IN, "tokens": tokens,
+                    "step": tokens // 1024, "final": tokens == 2 ** 20,
+                    "flops": 12.0 * D_IN * n * tokens, "normalized_mse": float(loss)})
+  return out
+
+
+def _write(path, records):
+  path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_zero_bootstrap_refit_still_fits_and_plots(tmp_path, monkeypatch):
+  """A bootstrap refit whose log c runs to -inf stores c = 0.0; the issue's `math domain
+  error` came from the band taking its log. Such refits are left out and counted, and
+  fits.json and every plot are written."""
+  from analysis import fitting
+  real, calls = fitting._minimise, []
+
+  def minimise(Fs, logy, starts, delta, ftol=1e-15):
+    theta, f = real(Fs, logy, starts, delta, ftol)
+    calls.append(1)
+    if ftol == 1e-12 and theta is not None and len(theta) == 3 and len(calls) % 4 == 0:
+      theta = theta.copy()
+      theta[2] = -1000.0  # log c: exp underflows to 0.0
+    return theta, f
+
+  monkeypatch.setattr(fitting, "_minimise", minimise)
+  _write(tmp_path / "results.jsonl", _eq3_records())
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    fits = fit_sweep(tmp_path / "results.jsonl", n_bootstrap=40)
+  irr = [e["irreducible"] for e in fits["L_N"].values() if "params" in e["irreducible"]]
+  assert irr and sum(f["n_bootstrap_excluded"] for f in irr) > 0
+  for f in irr:
+    assert all(row[2] > 0 for row in f["bootstrap"])  # no zero c left in the samples
+    if f["n_bootstrap_excluded"]:
+      assert "were left out" in f["note"]
+  on_disk = json.loads((tmp_path / "fits.json").read_text())
+  for rel in on_disk["plots"]:
+    assert (tmp_path / rel).stat().st_size > 1000
+
+
+def test_band_of_an_old_fits_json_with_a_zero_refit():
+  """fits.json files written before the fix hold refits with c = 0.0 (or null): the band
+  is computed from the others instead of failing."""
+  from analysis.fitting import LawFit, fit_law
+  n = 2.0 ** np.arange(6, 16)
+  y = (3 * n ** -0.5 + 0.02) * np.exp(np.random.default_rng(0).normal(0, 0.02, n.shape))
+  fit = fit_law("power_law_irreducible", n, y, n_bootstrap=30)
+  assert fit.bootstrap
+  d = fit.to_dict()
+  good = LawFit.from_dict(d).predict_band(n)
+  d["bootstrap"] = d["bootstrap"] + [[3.0, 0.5, 0.0], [3.0, 0.5, None]]
+  lo, hi = LawFit.from_dict(d).predict_band(n)
+  assert np.all(np.isfinite(lo)) and np.all(lo <= hi)
+  np.testing.assert_allclose(lo, good[0], rtol=0.2)
+
+
+def test_failed_plot_leaves_old_fits_and_plots_together(tmp_path, monkeypatch):
+  from analysis import plots
+  _write_sweep(tmp_path / "results.jsonl")
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    fit_sweep(tmp_path / "results.jsonl", n_bootstrap=0)
+  before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+
+  def boom(*args, **kwargs):
+    raise RuntimeError("plot failed")
+
+  monkeypatch.setattr(plots, "plot_extrapolation", boom)  # the last plots drawn
+  with pytest.raises(RuntimeError), warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    fit_sweep(tmp_path / "results.jsonl", n_bootstrap=10, bootstrap_seed=1)
+  after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+  assert after == before  # nothing replaced, no staging left behind
+
+
+def test_duplicated_table_is_collapsed_with_a_warning(tmp_path):
+  records = _eq3_records(ks=[32])
+  _write(tmp_path / "once.jsonl", records)
+  _write(tmp_path / "twice.jsonl", records + records[:-1] + [dict(records[-1])])
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    once = fit_sweep(tmp_path / "once.jsonl", tmp_path / "a", n_bootstrap=20)
+  with pytest.warns(UserWarning, match=r"collapsed 12 duplicate record\(s\).*twice.jsonl:13 "
+                                       r"repeats .*twice.jsonl:1\b"):
+    with warnings.catch_warnings():
+      warnings.filterwarnings("ignore", message="^(?!collapsed)")
+      twice = fit_sweep(tmp_path / "twice.jsonl", tmp_path / "b", n_bootstrap=20)
+  assert twice["n_records"] == once["n_records"] == len(records)
+  for law in ("power_law", "irreducible"):
+    assert twice["L_N"]["k=32"][law]["n_points"] == 6
+    assert twice["L_N"]["k=32"][law]["ci95"] == once["L_N"]["k=32"][law]["ci95"]
+
+
+def test_conflicting_duplicate_is_a_one_line_error_naming_both_lines(tmp_path, capsys):
+  records = _eq3_records(ks=[32])
+  changed = dict(records[-1], normalized_mse=records[-1]["normalized_mse"] * 0.9)
+  _write(tmp_path / "results.jsonl", records + [changed])
+  (tmp_path / "fits.json").write_text('{"old": true}\n')
+  assert main([str(tmp_path), "--bootstrap", "0"]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "conflicting duplicate records" in err
+  assert f"results.jsonl:{len(records)} and " in err and f"results.jsonl:{len(records) + 1}" in err
+  assert "normalized_mse" in err
+  assert (tmp_path / "fits.json").read_text() == '{"old": true}\n'
+  with pytest.raises(ConfigError, match="record 12 and record 13"):
+    from analysis import fit_scaling_laws
+    fit_scaling_laws(records + [changed])
+
+
+def test_single_n_latents_has_no_L_C(tmp_path):
+  """One n_latents (one run per k): its "frontier" would be a training curve, so L(C) says
+  why it is not fitted, and the rest still fits and plots."""
+  _write(tmp_path / "results.jsonl", _eq3_records(ns=[4096], ks=[32]))
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    fits = fit_sweep(tmp_path / "results.jsonl", n_bootstrap=10)
+  assert "at least 3 distinct runs, got 1" in fits["L_C"]["error"]
+  assert "need at least 3 points with distinct n_latents" in fits["L_N"]["k=32"]["power_law"]["error"]
+  assert (tmp_path / "plots" / "loss_vs_compute.png").exists()
