@@ -183,6 +183,8 @@ def summary(fits: Mapping[str, Any]) -> str:
   """The fits in a few lines: each exponent with its 95% bootstrap interval."""
   lines = [f"{fits['n_records']} records, {fits['n_runs']} runs, "
            f"sweeps: {', '.join(fits['sweeps'])}"]
+  for rid, msgs in fits.get("run_warnings", {}).items():
+    lines.extend(f"  warning, run {rid}: {msg}" for msg in msgs)
   conv = fits.get("convergence", {})
   if conv.get("n_unconverged"):
     lines.append(f"  {conv['n_unconverged']} of {len(conv['runs'])} runs not converged "

@@ -72,6 +72,10 @@ def fit_scaling_laws(records: Sequence[Mapping[str, Any]], *, loss_key: str = LO
     (`analysis.optimal.compute_optimal_allocation`; Templeton et al. 2024).
   * ``lr_opt``: per k, lr*(n) = a n^(-alpha) where the table holds several lr per n_latents
     (`analysis.optimal.optimal_learning_rates`); {"skipped": why} otherwise.
+  * ``run_warnings``: {run_id: [warning, ...]} of the runs whose records carry warnings of
+    the trainer (e.g. a silent sparsity knob, `sae_jax.training.diagnostics`); each is
+    repeated here as a Python warning, since a point trained with a knob that did nothing
+    sits wrongly on every curve.
 
   Each fit is `fit_law` (Huber in log space, L-BFGS-B from a grid, bootstrap 95%
   intervals) as a dict; a fit the data cannot support holds {"error": "..."} instead, so
@@ -92,7 +96,8 @@ def fit_scaling_laws(records: Sequence[Mapping[str, Any]], *, loss_key: str = LO
 
   Returns:
     A JSON-serialisable dict: {"loss", "settings", "convergence", "L_N", "L_C", "L_NK",
-    "compute_optimal", "lr_opt", "n_records", "n_runs", "n_excluded", "sweeps"}.
+    "compute_optimal", "lr_opt", "run_warnings", "n_records", "n_runs", "n_excluded",
+    "sweeps"}.
 
   Raises:
     ConfigError: `records` is empty, `convergence` is not "include" / "exclude", or two
@@ -116,6 +121,10 @@ def fit_scaling_laws(records: Sequence[Mapping[str, Any]], *, loss_key: str = LO
   if len(mixed) > 1:
     warn_caller(f"records mix {len(mixed)} (model, layer, d_in) combinations; fits pool "
                 f"them -- filter with model=..., layer=... for one law each")
+  run_warnings = collect_run_warnings(records)
+  for rid, msgs in run_warnings.items():
+    for msg in msgs:
+      warn_caller(f"run {rid}: {msg}")
   archs = {r.get("architecture") for r in records}
   multi_arch = len(archs) > 1
   fit_kw = {"n_bootstrap": n_bootstrap, "seed": seed, "huber_delta": huber_delta}
@@ -199,11 +208,26 @@ def fit_scaling_laws(records: Sequence[Mapping[str, Any]], *, loss_key: str = LO
       "L_NK": L_NK,
       "compute_optimal": compute_opt,
       "lr_opt": lr_opt,
+      "run_warnings": run_warnings,
       "n_records": len(records),
       "n_runs": len({run_key(r) for r in records}),
       "n_excluded": n_excluded,
       "sweeps": sorted({str(r.get("sweep")) for r in records}),
   })
+
+
+def collect_run_warnings(records: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
+  """{run_id: distinct warnings} over the records' "run_warnings" lists (the trainer's),
+  runs without any left out; run ids are prefixed by the sweep when records pool several."""
+  sweeps = {r.get("sweep") for r in records}
+  out: dict[str, list[str]] = {}
+  for r in records:
+    for msg in r.get("run_warnings") or ():
+      sweep, rid = run_key(r)
+      key = f"{sweep}/{rid}" if len(sweeps) > 1 else rid
+      if msg not in out.setdefault(key, []):
+        out[key].append(msg)
+  return out
 
 
 def _rewarn(caught) -> None:

@@ -21,6 +21,7 @@ import math
 import ml_collections
 
 from sae_jax import files, saes
+from sae_jax.data import batches
 from sae_jax.data import settings as data_settings
 from sae_jax.data import synthetic
 from sae_jax.errors import ConfigError
@@ -80,6 +81,8 @@ def default_config() -> ml_collections.ConfigDict:
   #                  (Gao et al. 2024, Sec. 2.1);
   #   "mean_norm" -- one constant so the mean norm is sqrt(d_in) (Templeton et al. 2024);
   #   "none".
+  # sae.input_scale (declared in sae_jax.saes.base.Hyper): the unit of the penalty
+  # knobs, JumpReLU's bandwidth and initial threshold; None: measured by `resolve`.
   c.sae.input_norm = "unit_norm"
   c.sae.geometric_median_samples = 16_384  # tokens used to initialise b_pre
 
@@ -180,12 +183,16 @@ def default_lr(n_latents: int, token_budget: int) -> float:
   return LR_RULE_A * n_latents ** -LR_RULE_ALPHA * token_budget ** -LR_RULE_BETA
 
 
-def resolve(c: ml_collections.ConfigDict, d_in: int | None = None) -> ml_collections.ConfigDict:
+def resolve(c: ml_collections.ConfigDict, d_in: int | None = None, stats: dict | None = None
+            ) -> ml_collections.ConfigDict:
   """Return a copy with every derived field (`None`) filled in and every value checked.
 
   Args:
     c: a config from `default_config` (possibly overridden).
     d_in: the activation width, once known (from the activation cache); needed for k_aux.
+    stats: the training split's statistics (`ActivationSource.stats`: mean_norm,
+      mean_sq_norm), once known; with d_in they give sae.input_scale, the RMS token norm
+      after sae.input_norm (`sae_jax.data.batches.input_rms`), when it is None.
 
   Raises:
     ConfigError: a value is out of range; the message names it and says what to change.
@@ -220,6 +227,10 @@ def resolve(c: ml_collections.ConfigDict, d_in: int | None = None) -> ml_collect
                         f"{c.train.batch_size} tokens); shorten it or raise train.token_budget")
   if d_in is not None and c.train.k_aux is None:
     c.train.k_aux = min(default_k_aux(d_in), c.sae.n_latents)
+  if d_in is not None and stats is not None and c.sae.input_scale is None:
+    c.sae.input_scale = batches.input_rms(c.sae.input_norm, stats, d_in)
+  if c.sae.input_scale is not None:
+    c.sae.input_scale = float(c.sae.input_scale)
   return c
 
 
@@ -242,6 +253,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
        f"k={s.k} exceeds n_latents={s.n_latents}; lower k or raise n_latents")
   need(s.sparsity_coefficient is None or s.sparsity_coefficient >= 0,
        f"sparsity_coefficient={s.sparsity_coefficient} must be non-negative")
+  need(s.input_scale is None or (math.isfinite(s.input_scale) and s.input_scale > 0),
+       f"sae.input_scale={s.input_scale} must be a positive number (or None: measured)")
   need(s.input_norm in _INPUT_NORMS,
        f"input_norm={s.input_norm!r} is not one of {', '.join(_INPUT_NORMS)}")
   need(t.batch_size > 0, f"train.batch_size={t.batch_size} must be positive")

@@ -111,6 +111,8 @@ def run_points_here(indices: list[int], points: list[dict], configs: list, out: 
         log(f"    {info['run_id']}: normalized MSE {last['normalized_mse']:.4f}, "
             f"L0 {last['l0']:.1f}, dead {last['dead_fraction']:.3f}, "
             f"{last['wall_time_s']:.0f} s")
+        for warning in last.get("run_warnings") or ():
+          log(f"    {info['run_id']}: warning: {warning}")
         results[i] = records
   for i in indices:
     if (primary and i in results
@@ -179,6 +181,10 @@ def write_results(out: str, results: list[dict], n_points: int, fit: bool, log=p
   files.write_json_atomic(results_path, results, jsonl=True)
   took = f" ({time.time() - t0:.0f} s)" if t0 is not None else ""
   log(f"{len(results)} records of {n_points} runs -> {results_path}{took}")
+  flagged = {r.get("run_id"): r["run_warnings"] for r in results if r.get("run_warnings")}
+  for rid, msgs in flagged.items():  # the last record of a run holds all its warnings
+    for msg in msgs:
+      log(f"warning, run {rid}: {msg}")
   if fit:
     report.fit_sweep(results_path, out)
     log(f"fits -> {os.path.join(out, 'fits.json')}, plots -> {os.path.join(out, 'plots')}")

@@ -97,6 +97,8 @@ def run_id(point: dict, resolved: ml_collections.ConfigDict) -> str:
   identity["train"].pop("topk_step", None)  # same results either way (tests/sparse_test.py)
   identity["train"].pop("divergence_factor", None)  # a run finishes identically or fails
   identity["train"].pop("sparse_impl", None)  # likewise
+  if identity["sae"].get("input_scale") is None:
+    identity["sae"].pop("input_scale", None)  # measured at training (as before the field)
   if identity["train"].get("compute_dtype") == "float32":
     del identity["train"]["compute_dtype"]  # the default, as before the field existed
   digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str)

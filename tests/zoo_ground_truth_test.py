@@ -7,9 +7,8 @@ All eight SAEs train in one pass over the data (`trainer.train_many`), each with
 input normalisation (`Architecture.input_norm`) and its own sparsity knob, learning rate
 and token budget below. The budgets are tiny next to the papers' (hundreds of thousands of
 tokens, not billions), so the settings that differ from the defaults are the ones that make
-a short run converge: a larger learning rate, and for JumpReLU a starting threshold near
-the activations' scale (0.5 instead of 1e-3, which Adam would need ~7k steps to climb out
-of in log space). Numbers measured on a 2-core CPU (MMCS / MCC): topk 0.978 / 0.840,
+a short run converge: a larger learning rate (JumpReLU's default starting threshold,
+0.05 in units of the input scale, is already near the activations' scale). Numbers measured on a 2-core CPU (MMCS / MCC): topk 0.978 / 0.840,
 batchtopk 0.982 / 0.857, matryoshka_batchtopk 0.974 / 0.850, relu_l1 0.982 / 0.870,
 relu_l1_unit_norm 0.978 / 0.869, kl 0.960 / 0.825, jumprelu 0.931 / 0.780, gated 0.975 /
 0.854; the whole file takes about 2 minutes.
@@ -36,12 +35,13 @@ SETTINGS = {
     "topk": (5, 5e-3, SHORT, {}),  # k = the true mean L0
     "batchtopk": (5, 5e-3, SHORT, {}),
     "matryoshka_batchtopk": (5, 5e-3, SHORT, {}),  # default prefixes 8, 32, 128, 512
-    "relu_l1": (0.03, 5e-3, SHORT, {}),
-    "relu_l1_unit_norm": (0.03, 5e-3, SHORT, {}),
+    # mean_norm inputs: lambda in units of s (8.4 here; 0.03 in the pre-issue-19 units)
+    "relu_l1": (0.25, 5e-3, SHORT, {}),
+    "relu_l1_unit_norm": (0.25, 5e-3, SHORT, {}),
     # rho ~ the mean activation a latent of a true feature can have on unit-norm inputs
     "kl": (0.3, 5e-3, SHORT, {"target_activation": 1e-3}),
-    "jumprelu": (0.05, 5e-3, LONG, {"initial_threshold": 0.5}),
-    "gated": (0.05, 5e-3, LONG, {}),
+    "jumprelu": (0.05, 5e-3, LONG, {}),  # theta_0 the default 0.05 s (0.42 here)
+    "gated": (0.42, 5e-3, LONG, {}),  # 0.05 in the pre-issue-19 units
 }
 
 

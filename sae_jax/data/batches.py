@@ -34,6 +34,16 @@ def norm_scale(method: str, stats: dict, d_in: int) -> float:
   return 1.0
 
 
+def input_rms(method: str, stats: dict, d_in: int) -> float:
+  """sqrt(E||x||^2) of the inputs after `normalize(x, method, norm_scale(...))`, from the
+  raw statistics (mean_sq_norm = E||x||^2, mean_norm = E||x||): exactly 1 for
+  "unit_norm", norm_scale * sqrt(E||x||^2) for "mean_norm" (>= sqrt(d_in)), sqrt(E||x||^2)
+  for "none". The input scale s of `sae_jax.saes.base.Hyper`."""
+  if method == "unit_norm":
+    return 1.0
+  return norm_scale(method, stats, d_in) * float(np.sqrt(stats["mean_sq_norm"]))
+
+
 def normalize(x_BxD: jnp.ndarray, method: str, scale: float = 1.0) -> jnp.ndarray:
   """Normalise raw activations before the SAE sees them.
 

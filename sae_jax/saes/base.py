@@ -64,9 +64,23 @@ class Hyper:
   # it. 1e-3 as OpenAI's reference code (openai/sparse_autoencoder, model.py:
   # `topk.values > 1e-3`); 0 counts every non-zero activation.
   fired_threshold: float = 1e-3
+  # s, the input scale (`sae.input_scale`): the RMS token norm sqrt(E||x||^2) of the
+  # normalised inputs the SAE sees. Every penalty coefficient, JumpReLU's bandwidth and its
+  # initial threshold are expressed in units of s (each module's docstring says how), so a
+  # knob means the same at every `sae.input_norm` and raw scale. The config's None is
+  # measured before training (`sae_jax.config.resolve`, from the training split's
+  # statistics: exactly 1 for "unit_norm"); None here (a Hyper built by hand) counts as 1.
+  input_scale: float | None = None
 
 
 BASE_FIELDS = frozenset(f.name for f in dataclasses.fields(Hyper))
+# The base fields set from the config's `sae` block (the others come from `train`).
+SAE_FIELDS: dict[str, type] = {"input_scale": float}
+
+
+def scale(hp: Hyper) -> float:
+  """s = hp.input_scale, the unit of the penalty knobs (1 when unset)."""
+  return 1.0 if hp.input_scale is None else float(hp.input_scale)
 
 
 class Output(NamedTuple):

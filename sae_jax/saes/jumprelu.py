@@ -10,7 +10,7 @@ ahead: improving reconstruction fidelity with JumpReLU sparse autoencoders").
 Each latent i has a learned threshold theta_i > 0, stored in log space
 (params["log_threshold"], theta = exp(log_threshold)) so it stays positive. The jump makes
 the loss piecewise constant in theta; its gradient comes from straight-through estimators
-with a kernel K of bandwidth epsilon (`Hyper.bandwidth`, 1e-3) (Sec. 4, Eqs. 11-12):
+with a kernel K of bandwidth epsilon (`Hyper.bandwidth` · s, see Units) (Sec. 4, Eqs. 11-12):
 
     d/dtheta JumpReLU_theta(pre) := -(theta / epsilon) · K((pre - theta) / epsilon)
     d/dtheta H(pre - theta)      := -(1 / epsilon)     · K((pre - theta) / epsilon)
@@ -20,15 +20,28 @@ while d/dpre JumpReLU = H(pre - theta) (the ordinary derivative) and d/dpre H = 
 penalty trains only the thresholds, the reconstruction trains everything.
 
 Recipe (Rajamanoharan et al. 2024b, Sec. 5 and App.; Lieberum et al. 2024, Gemma Scope,
-Sec. 3): tied init with unit-norm decoder rows (W_enc = W_dec^T), b_enc = 0, theta =
-`Hyper.initial_threshold` (1e-3); decoder rows kept at unit norm; inputs scaled by one
-constant so the mean squared norm is about d_in (here "mean_norm": mean norm sqrt(d_in)).
-Not reproduced: their linear warm-up of lambda and Adam beta1 = 0 (the trainer's optimiser
-is shared). b_pre starts at the trainer's geometric median (theirs: zero).
+Sec. 3): tied init with unit-norm decoder rows (W_enc = W_dec^T), b_enc = 0, every
+threshold at theta_0; decoder rows kept at unit norm. Not reproduced: their linear warm-up
+of lambda and Adam beta1 = 0 (the trainer's optimiser is shared). b_pre starts at the
+trainer's geometric median (theirs: zero).
 
-Units: the papers' loss is ||x - x_hat||^2 + lambda_paper · L0; ours divides the
-reconstruction by variance = E||x - E x||^2, so lambda = lambda_paper / variance. The
-sparsity knob is lambda (`sae.sparsity_coefficient`).
+Units, and why (scale-aware bandwidth). epsilon and theta_0 are lengths in pre-activation
+space: the straight-through gradient reaches a threshold only through pre-activations
+within epsilon / 2 of it, so an epsilon chosen for one input scale is silent at another
+(raw inputs of norm ~3 left every threshold at its start and L0 the same at lambda 0.003
+and 0.3; README, "The SAE zoo"). Gemma Scope fixes the scale instead: inputs are
+multiplied by one constant so that E||x||^2 = 1, and then epsilon = 1e-3 (Lieberum et al.
+2024, Sec. 3; Rajamanoharan et al. 2024b, App.). Here both are in units of the input
+scale s = sqrt(E||x||^2) of the normalised inputs (`Hyper.input_scale`, measured):
+
+    epsilon_used = bandwidth · s,   theta_0 = initial_threshold · s,
+
+which is the paper's setting exactly when s = 1 ("unit_norm", or any input scaled to unit
+mean squared norm) and its equivalent at every other `sae.input_norm`: the loss of inputs
+c·x with (epsilon, theta) scaled by c equals that of x, parameter for parameter. lambda
+multiplies an L0 (a count), so it needs no unit; ours is lambda_paper / variance, because
+our reconstruction term is divided by variance = E||x - E x||^2 (<= s^2). The sparsity
+knob is lambda (`sae.sparsity_coefficient`, default 1e-2).
 
 Params: W_enc [d_in, n_latents], b_enc [n_latents], log_threshold [n_latents],
 W_dec [n_latents, d_in], b_pre [d_in].
@@ -51,19 +64,29 @@ Params = base.Params
 class Hyper(base.Hyper):
   """JumpReLU's hyperparameters (`sae.sparsity_coefficient`, `sae.bandwidth`,
   `sae.initial_threshold`)."""
-  sparsity_coefficient: float = 3e-3  # lambda, the knob, in our units (lambda_paper / variance)
-  bandwidth: float = 1e-3  # epsilon of the straight-through kernel (Rajamanoharan et al. 2024b)
-  initial_threshold: float = 1e-3  # theta at init (Lieberum et al. 2024, Sec. 3)
+  # lambda, the knob, in our units (lambda_paper / variance): 1e-2 puts lambda / 10, lambda
+  # and 10 lambda a factor >= 1.25 apart in L0 at every input_norm
+  # (tests/sparsity_monotonicity_test.py)
+  sparsity_coefficient: float = 1e-2
+  # epsilon of the straight-through kernel, in units of s: Gemma Scope's 1e-3 at unit
+  # mean squared norm (Lieberum et al. 2024, Sec. 3; Rajamanoharan et al. 2024b)
+  bandwidth: float = 1e-3
+  # theta_0 in units of s. The papers' 1e-3 needs ~7k Adam steps to climb in log space
+  # to the scale of the pre-activations (~0.1 s); 0.05 starts it near there, so a run of
+  # a few thousand steps sees the knob act (the zoo's calibration started at 0.05 too).
+  initial_threshold: float = 0.05
 
 
 def init(key: jax.Array, d_in: int, n_latents: int, b_pre_D: jax.Array | None = None,
          hp: base.Hyper | None = None) -> Params:
   """Tied init (unit-norm decoder rows, W_enc = W_dec^T, b_enc = 0) and every threshold at
-  hp.initial_threshold (Lieberum et al. 2024, Sec. 3). Raises ValueError if the initial
-  threshold is not positive."""
-  theta0 = (hp or Hyper(n_latents=n_latents)).initial_threshold
+  theta_0 = hp.initial_threshold · s (Lieberum et al. 2024, Sec. 3; s = hp.input_scale,
+  module docstring, Units). Raises ValueError if the initial threshold is not positive."""
+  hp = hp or Hyper(n_latents=n_latents)
+  theta0 = hp.initial_threshold * base.scale(hp)
   if not theta0 > 0:
-    raise ValueError(f"initial_threshold={theta0} must be positive (it is stored as a log)")
+    raise ValueError(f"initial_threshold={hp.initial_threshold} must be positive (it is "
+                     "stored as a log)")
   params = base.tied_init(key, d_in, n_latents, b_pre_D)
   params["log_threshold"] = jnp.full((n_latents,), jnp.log(theta0), jnp.float32)
   return params
@@ -134,8 +157,13 @@ def encode(params: Params, x_BxD: jax.Array, extras=None, hp: base.Hyper | None 
            ) -> jax.Array:
   """Latents z = JumpReLU_theta(pre), shape [B, n_latents]; no extras are used."""
   del extras
-  bandwidth = hp.bandwidth if hp is not None else 1e-3
-  return jumprelu(pre_activations(params, x_BxD), threshold(params), bandwidth)
+  return jumprelu(pre_activations(params, x_BxD), threshold(params),
+                  bandwidth(hp or Hyper(n_latents=params["W_enc"].shape[1])))
+
+
+def bandwidth(hp: base.Hyper) -> float:
+  """epsilon in pre-activation units: hp.bandwidth · s (module docstring, Units)."""
+  return hp.bandwidth * base.scale(hp)
 
 
 decode = base.decode
@@ -149,7 +177,8 @@ def loss(params: Params, x_BxD: jax.Array, extras, hp: base.Hyper, *,
 
   Args:
     params: JumpReLU params; x_BxD: normalised inputs; extras: unused ({}).
-    hp: `Hyper` with sparsity_coefficient (lambda) and bandwidth (epsilon).
+    hp: `Hyper` with sparsity_coefficient (lambda), bandwidth (epsilon / s) and input_scale
+      (s).
     variance: E||x - E x||^2, so the reconstruction term is the normalized MSE.
     dead_N: unused (the L0 STE, not AuxK, revives latents).
 
@@ -159,10 +188,11 @@ def loss(params: Params, x_BxD: jax.Array, extras, hp: base.Hyper, *,
   del dead_N
   pre_BxN = pre_activations(params, x_BxD)
   theta_N = threshold(params)
-  z_BxN = jumprelu(pre_BxN, theta_N, hp.bandwidth)
+  eps = bandwidth(hp)
+  z_BxN = jumprelu(pre_BxN, theta_N, eps)
   x_hat_BxD = decode(params, z_BxN)
   nmse = base.normalized_mse(x_BxD, x_hat_BxD, variance)
-  l0_penalty = jnp.mean(jnp.sum(step(pre_BxN, theta_N, hp.bandwidth), axis=-1))
+  l0_penalty = jnp.mean(jnp.sum(step(pre_BxN, theta_N, eps), axis=-1))
   sparsity = hp.sparsity_coefficient * l0_penalty
   fired_N, l0 = base.stats(z_BxN, hp.fired_threshold)
   return base.Output(nmse + sparsity, nmse, sparsity, jnp.zeros((), jnp.float32), fired_N, l0,
@@ -178,8 +208,8 @@ ARCH = base.Architecture(
                    "(Rajamanoharan et al. 2024b, Eq. 1)",
     saelens=("jumprelu", False),
     # zoo grids from calibration runs (sweeps/architectures.py): unit_norm lambda 1e-2 ->
-    # L0 16; mean_norm 1e-3 -> L0 122. The paper's theta_0 = 1e-3 needs far more than 800
-    # Adam steps to climb in log space, so the zoo starts theta near the activations' scale.
+    # L0 16 (theta_0 0.05, now the default); mean_norm 1e-3 -> L0 122 (theta_0 0.5 ~ 0.02 s,
+    # kept below; that calibration's absolute bandwidth 1e-3 ~ 4e-5 s is now 1e-3 s, so
+    # its L0s may shift: not re-run). lambda multiplies an L0, so it has no input unit.
     zoo_grid={"unit_norm": (1e-2, 3e-3, 1e-3, 3e-4), "mean_norm": (2e-2, 8e-3, 3e-3, 1e-3)},
-    zoo_overrides={"unit_norm": {"sae.initial_threshold": 0.05},
-                   "mean_norm": {"sae.initial_threshold": 0.5}})
+    zoo_overrides={"mean_norm": {"sae.initial_threshold": 0.02}})

@@ -4,7 +4,7 @@ lecture notes "Sparse autoencoder", Sec. 2.3), with ReLU latents.
     pre      = W_enc x + b_enc
     z        = ReLU(pre)
     x_hat    = W_dec z + b_pre
-    rho_hat_j = mean over the batch of z_j
+    rho_hat_j = mean over the batch of z_j / s          (s: the input scale, see Units)
     loss     = ||x - x_hat||^2 / (B · variance) + lambda · sum_j KL(rho || rho_hat_j),
     KL(rho || q) = rho log(rho / q) + (1 - rho) log((1 - rho) / (1 - q))
 
@@ -30,8 +30,10 @@ Differences from the notes, and why:
   a mean activation of rho is meaningful.
 
 Units: the notes' loss is (1/2) E||x - x_hat||^2 + beta · sum_j KL; ours divides the
-reconstruction by variance = E||x - E x||^2, so lambda = 2 · beta / variance. The sparsity
-knob is lambda (`sae.sparsity_coefficient`).
+reconstruction by variance = E||x - E x||^2, so lambda = 2 · beta / variance. rho_hat, and
+so rho, are in units of the input scale s = sqrt(E||x||^2) of the normalised inputs
+(`Hyper.input_scale`, measured; 1 for "unit_norm"), so rho and lambda mean the same at
+every `sae.input_norm`. The sparsity knob is lambda (`sae.sparsity_coefficient`).
 
 Params: W_enc [d_in, n_latents], b_enc [n_latents], W_dec [n_latents, d_in], b_pre [d_in].
 """
@@ -95,7 +97,8 @@ def kl_divergence(rho: float, rho_hat: jax.Array) -> jax.Array:
 
 
 def kl_penalty(z_BxN: jax.Array, rho: float) -> jax.Array:
-  """sum_j KL(rho || rho_hat_j) with rho_hat_j the batch mean of z_j (unweighted)."""
+  """sum_j KL(rho || rho_hat_j) with rho_hat_j the batch mean of z_j (unweighted); pass z
+  in units of s (`loss` does)."""
   return jnp.sum(kl_divergence(rho, jnp.mean(z_BxN, axis=0)))
 
 
@@ -105,12 +108,13 @@ def loss(params: Params, x_BxD: jax.Array, extras, hp: base.Hyper, *,
 
   Args:
     params, x_BxD: params and normalised inputs (the batch defines rho_hat); extras: unused.
-    hp: `Hyper` with sparsity_coefficient (lambda) and target_activation (rho).
+    hp: `Hyper` with sparsity_coefficient (lambda), target_activation (rho, in units of s)
+      and input_scale (s).
     variance: E||x - E x||^2, so the reconstruction term is the normalized MSE.
     dead_N: unused.
 
   Returns:
-    `base.Output` with sparsity_loss = lambda · sum_j KL.
+    `base.Output` with sparsity_loss = lambda · sum_j KL(rho || rho_hat_j / s).
 
   Raises:
     ValueError: target_activation not in (0, 1).
@@ -118,7 +122,7 @@ def loss(params: Params, x_BxD: jax.Array, extras, hp: base.Hyper, *,
   del dead_N
   z_BxN = encode(params, x_BxD)
   nmse = base.normalized_mse(x_BxD, decode(params, z_BxN), variance)
-  sparsity = hp.sparsity_coefficient * kl_penalty(z_BxN, hp.target_activation)
+  sparsity = hp.sparsity_coefficient * kl_penalty(z_BxN / base.scale(hp), hp.target_activation)
   fired_N, l0 = base.stats(z_BxN, hp.fired_threshold)
   return base.Output(nmse + sparsity, nmse, sparsity, jnp.zeros((), jnp.float32), fired_N, l0,
                     extras)
@@ -130,6 +134,9 @@ ARCH = base.Architecture(
     paper="Ng 2011, CS294A lecture notes: Sparse autoencoder (KL sparsity)",
     input_norm="unit_norm", encode_formula="z = ReLU(W_enc^T x + b_enc)",
     saelens=("standard", False),
-    zoo_grid={"unit_norm": (0.4, 0.2, 0.1, 0.05), "mean_norm": (3.0, 1.5, 0.7, 0.3)},
+    # mean_norm: the pre-issue-19 grid (3.0, 1.5, 0.7, 0.3) at rho 1e-3 in absolute units,
+    # rewritten in units of s ~ sqrt(576) = 24: rho / 24, and lambda x 24 since for small
+    # rho and rho_hat, KL(rho / s || rho_hat / s) ~ KL(rho || rho_hat) / s; not re-run
+    zoo_grid={"unit_norm": (0.4, 0.2, 0.1, 0.05), "mean_norm": (72.0, 36.0, 17.0, 7.2)},
     zoo_overrides={"unit_norm": {"sae.target_activation": 1e-3},
-                   "mean_norm": {"sae.target_activation": 1e-3}})
+                   "mean_norm": {"sae.target_activation": 4e-5}})

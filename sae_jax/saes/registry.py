@@ -75,14 +75,17 @@ def get(name: str) -> base.Architecture:
 
 def config_fields() -> dict[str, tuple[Any, type]]:
   """The config's architecture fields: name -> (default, type), the union over every
-  registered architecture of the hyperparameters it declares.
+  registered architecture of the hyperparameters it declares, plus the base `Hyper`'s
+  `sae` fields (`base.SAE_FIELDS`, default None).
 
   A field that is some architecture's sparsity knob defaults to None (each architecture
   resolves it to its own default, `sae_jax.config.resolve`), as does one whose declared
   defaults disagree; otherwise the field takes the declared default.
   """
   knobs = {a.knob for a in _REGISTRY.values()}
-  out: dict[str, tuple[Any, type]] = {}
+  # the base fields every architecture reads from the `sae` block (input_scale), unset:
+  # `sae_jax.config.resolve` measures them
+  out: dict[str, tuple[Any, type]] = {name: (None, kind) for name, kind in base.SAE_FIELDS.items()}
   for arch in _REGISTRY.values():
     for f in arch.fields():
       default = None if f.name in knobs else f.default

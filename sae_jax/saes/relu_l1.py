@@ -5,7 +5,7 @@ al. 2024, "Circuits updates, April 2024").
     pre   = W_enc x + b_enc                   (the update no longer subtracts b_pre first)
     z     = ReLU(pre)
     x_hat = W_dec z + b_pre
-    loss  = ||x - x_hat||^2 / (B · variance) + lambda · mean_b sum_i z_i · ||W_dec,i||
+    loss  = ||x - x_hat||^2 / (B · variance) + (lambda / s) · mean_b sum_i z_i · ||W_dec,i||
 
 The decoder norms are not constrained: weighting each latent's activation by its decoder
 row's norm in the penalty removes the incentive to shrink z by growing W_dec, so no
@@ -19,9 +19,13 @@ first 5% of training, learning-rate decay and gradient clipping (the trainer's o
 is shared).
 
 Units: their loss is E||x - x_hat||^2 + lambda_A · E sum_i z_i ||W_dec,i|| (lambda_A = 5);
-ours divides the reconstruction by variance = E||x - E x||^2 (about d_in for mean_norm
-inputs with a small mean), so lambda = lambda_A / variance (5 / 576 ~ 1e-2 at SmolLM2's
-d_in). The sparsity knob is lambda (`sae.sparsity_coefficient`).
+ours divides the reconstruction by variance = E||x - E x||^2 and the penalty (a length:
+activations times decoder norms) by the input scale s = sqrt(E||x||^2) of the normalised
+inputs (`Hyper.input_scale`, measured), so the loss of inputs c·x equals that of x with
+the activations scaled by c and one lambda means the same at every `sae.input_norm`:
+lambda = lambda_A · s / variance (5 · 24 / 576 ~ 0.2 at SmolLM2's d_in with "mean_norm",
+where s ~ sqrt(d_in) and variance ~ d_in). The sparsity knob is lambda
+(`sae.sparsity_coefficient`, default 0.1).
 
 Params: W_enc [d_in, n_latents], b_enc [n_latents], W_dec [n_latents, d_in], b_pre [d_in].
 """
@@ -41,8 +45,10 @@ Params = base.Params
 @dataclasses.dataclass(frozen=True)
 class Hyper(base.Hyper):
   """ReLU + decoder-norm-weighted L1's hyperparameters (`sae.sparsity_coefficient`)."""
-  # lambda, the knob, in our units (module docstring: lambda_paper / variance)
-  sparsity_coefficient: float = 1e-2
+  # lambda, the knob, in our units (module docstring: lambda_A · s / variance); 0.1 puts
+  # lambda / 10, lambda and 10 lambda a factor >= 1.25 apart in L0 at every input_norm
+  # (tests/sparsity_monotonicity_test.py)
+  sparsity_coefficient: float = 0.1
 
 INIT_DECODER_NORM = 0.1
 
@@ -79,21 +85,22 @@ def decoder_norm_penalty(params: Params, z_BxN: jax.Array) -> jax.Array:
 
 def loss(params: Params, x_BxD: jax.Array, extras, hp: base.Hyper, *,
          variance: jax.Array | float = 1.0, dead_N: jax.Array | None = None) -> base.Output:
-  """normalized MSE + lambda · decoder-norm-weighted L1 (Templeton et al. 2024).
+  """normalized MSE + (lambda / s) · decoder-norm-weighted L1 (Templeton et al. 2024; s the
+  input scale, module docstring).
 
   Args:
     params, x_BxD: params and normalised inputs; extras: unused ({}).
-    hp: `Hyper` with sparsity_coefficient (lambda).
+    hp: `Hyper` with sparsity_coefficient (lambda) and input_scale (s).
     variance: E||x - E x||^2, so the reconstruction term is the normalized MSE.
     dead_N: unused (no AuxK or resampling in this recipe).
 
   Returns:
-    `base.Output` with sparsity_loss = lambda · penalty and aux_loss 0.
+    `base.Output` with sparsity_loss = (lambda / s) · penalty and aux_loss 0.
   """
   del dead_N
   z_BxN = encode(params, x_BxD)
   nmse = base.normalized_mse(x_BxD, decode(params, z_BxN), variance)
-  sparsity = hp.sparsity_coefficient * decoder_norm_penalty(params, z_BxN)
+  sparsity = hp.sparsity_coefficient / base.scale(hp) * decoder_norm_penalty(params, z_BxN)
   fired_N, l0 = base.stats(z_BxN, hp.fired_threshold)
   return base.Output(nmse + sparsity, nmse, sparsity, jnp.zeros((), jnp.float32), fired_N, l0,
                     extras)
@@ -107,5 +114,6 @@ ARCH = base.Architecture(
     encode_formula="z = ReLU(W_enc^T x + b_enc) (Conerly et al. 2024)",
     saelens=("standard", False),
     # zoo grids from calibration runs (sweeps/architectures.py): unit_norm lambda 0.05 gave
-    # L0 ~210-300; mean_norm 1e-2 -> L0 47, 3e-3 -> 216
-    zoo_grid={"unit_norm": (0.4, 0.2, 0.1, 0.05), "mean_norm": (4e-2, 2e-2, 1e-2, 5e-3)})
+    # L0 ~210-300; mean_norm (pre-issue-19 units) 1e-2 -> L0 47, 3e-3 -> 216. The mean_norm
+    # grid is that calibration times s ~ sqrt(576) = 24 (lambda now in units of s), not re-run.
+    zoo_grid={"unit_norm": (0.4, 0.2, 0.1, 0.05), "mean_norm": (0.96, 0.48, 0.24, 0.12)})

@@ -5,7 +5,7 @@ al. 2023, "Towards monosemanticity", Sec. "Sparse autoencoder"; also Cunningham 
     pre   = W_enc (x - b_pre) + b_enc
     z     = ReLU(pre)
     x_hat = W_dec z + b_pre
-    loss  = ||x - x_hat||^2 / (B · variance) + lambda · mean_b sum_i z_i
+    loss  = ||x - x_hat||^2 / (B · variance) + (lambda / s) · mean_b sum_i z_i
 
 Decoder rows are kept at unit norm (gradient component along each row removed, rows
 renormalised after each step, as for TopK), which is what stops the L1 term from being
@@ -16,7 +16,10 @@ reproduced: their resampling of dead latents.
 Inputs: "mean_norm" (one constant so the mean norm is sqrt(d_in)), the same units as
 `relu_l1`, so the two L1 variants share a lambda scale. Units: the paper's loss is
 E||x - x_hat||^2 + lambda_paper · E||z||_1; ours divides the reconstruction by variance =
-E||x - E x||^2, so lambda = lambda_paper / variance. The sparsity knob is lambda.
+E||x - E x||^2 and the L1 (a length) by the input scale s = sqrt(E||x||^2) of the
+normalised inputs (`Hyper.input_scale`, measured; as `relu_l1`), so lambda =
+lambda_paper · s / variance, the same at every `sae.input_norm`. The sparsity knob is
+lambda (default 0.1).
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ Params = base.Params
 @dataclasses.dataclass(frozen=True)
 class Hyper(base.Hyper):
   """ReLU + L1 with unit-norm decoder rows (`sae.sparsity_coefficient`)."""
-  sparsity_coefficient: float = 1e-2  # lambda, the knob, in our units (lambda_paper / variance)
+  # lambda, the knob, in our units (lambda_paper · s / variance); 0.1 as relu_l1's
+  # (tests/sparsity_monotonicity_test.py)
+  sparsity_coefficient: float = 0.1
 
 
 
@@ -65,11 +70,12 @@ def l1_penalty(z_BxN: jax.Array) -> jax.Array:
 
 def loss(params: Params, x_BxD: jax.Array, extras, hp: base.Hyper, *,
          variance: jax.Array | float = 1.0, dead_N: jax.Array | None = None) -> base.Output:
-  """normalized MSE + lambda · L1 (Bricken et al. 2023). Arguments as `relu_l1.loss`."""
+  """normalized MSE + (lambda / s) · L1 (Bricken et al. 2023; s the input scale, module
+  docstring). Arguments as `relu_l1.loss`."""
   del dead_N
   z_BxN = encode(params, x_BxD)
   nmse = base.normalized_mse(x_BxD, decode(params, z_BxN), variance)
-  sparsity = hp.sparsity_coefficient * l1_penalty(z_BxN)
+  sparsity = hp.sparsity_coefficient / base.scale(hp) * l1_penalty(z_BxN)
   fired_N, l0 = base.stats(z_BxN, hp.fired_threshold)
   return base.Output(nmse + sparsity, nmse, sparsity, jnp.zeros((), jnp.float32), fired_N, l0,
                     extras)
@@ -81,5 +87,7 @@ ARCH = base.Architecture(
     loss=loss, paper="Bricken et al. 2023, Towards monosemanticity", input_norm="mean_norm",
     encode_formula="z = ReLU(W_enc^T (x - b_pre) + b_enc) (Bricken et al. 2023)",
     saelens=("standard", True),
-    # zoo grids from calibration runs (sweeps/architectures.py): mean_norm 1e-2 -> L0 37
-    zoo_grid={"unit_norm": (0.4, 0.2, 0.1, 0.05), "mean_norm": (4e-2, 2e-2, 1e-2, 5e-3)})
+    # zoo grids from calibration runs (sweeps/architectures.py): mean_norm (pre-issue-19
+    # units) 1e-2 -> L0 37; the mean_norm grid is that calibration times s ~ sqrt(576) = 24
+    # (lambda now in units of s), not re-run
+    zoo_grid={"unit_norm": (0.4, 0.2, 0.1, 0.05), "mean_norm": (0.96, 0.48, 0.24, 0.12)})

@@ -75,6 +75,9 @@ def export(run_dir: str, out_dir: str | None = None) -> str:
       "sparsity_coefficient": s.get("sparsity_coefficient"),
       # every hyperparameter the architecture declares (sae_jax.saes.<architecture>.Hyper)
       "hyperparameters": {f.name: s.get(f.name) for f in arch_def.fields()},
+      # s, the unit of the penalty knobs, bandwidth and initial threshold above
+      # (sae_jax.saes.base.Hyper.input_scale)
+      "input_scale": s.get("input_scale"),
       "input_norm": s["input_norm"],
       "norm_scale": float(np.asarray(state["norm_scale"])),
       "normalization": export_reference.NORM_FORMULAS.get(s["input_norm"]),

@@ -92,7 +92,8 @@ def encode(params: dict, cfg: dict, x_BxD: np.ndarray) -> tuple[np.ndarray, Norm
   if cfg["architecture"] in export_reference.KNOWN:
     return export_reference.encode_numpy(params, cfg, x_n), norm
   arch = saes.get(cfg["architecture"])  # a registered architecture without a numpy twin
-  hp = arch.make_hyper(cfg.get("hyperparameters") or cfg, n_latents=int(cfg["n_latents"]))
+  hp = arch.make_hyper(cfg.get("hyperparameters") or cfg, n_latents=int(cfg["n_latents"]),
+                       input_scale=cfg.get("input_scale"))
   extras = {k: params[k] for k in params if k not in ("W_enc", "W_dec", "b_pre", "b_enc")}
   return np.asarray(arch.encode(params, x_n, extras, hp), np.float32), norm
 

@@ -73,7 +73,8 @@ def hyper(c: ml_collections.ConfigDict) -> saes.Hyper:
   return arch.make_hyper(c.sae, n_latents=c.sae.n_latents, k_aux=t.k_aux or 0,
                          aux_coef=t.aux_coef, sparse_impl="xla" if sparse_step else None,
                          compute_dtype=t.get("compute_dtype", "float32"),
-                         fired_threshold=t.get("fired_threshold", 1e-3))
+                         fired_threshold=t.get("fired_threshold", 1e-3),
+                         input_scale=c.sae.get("input_scale"))
 
 
 def train_step(state: TrainState, x_BxD: jax.Array, *, sc: StepConfig,

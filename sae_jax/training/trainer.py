@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from typing import Callable, Sequence
 
 import jax
@@ -27,7 +28,8 @@ from tqdm.auto import tqdm
 from sae_jax import config as config_lib, files
 from sae_jax.data import batches
 from sae_jax.errors import ConfigError, TrainingDivergedError
-from sae_jax.training import checkpoint, distributed, flops, optimizer, sharding, tracking
+from sae_jax.training import (checkpoint, diagnostics, distributed, flops, optimizer, sharding,
+                              tracking)
 from sae_jax.training.metrics import evaluate
 from sae_jax.training.step import StepConfig, TrainState, init_state, make_train_step
 
@@ -65,7 +67,7 @@ class _Run:
 
   def __init__(self, c: ml_collections.ConfigDict, source: batches.ActivationSource,
                run_dir: str, run_info: dict | None, evaluators: Sequence[Evaluator] = ()):
-    self.c = c = config_lib.resolve(c, source.d_in)
+    self.c = c = config_lib.resolve(c, source.d_in, source.stats)
     self.source, self.run_dir, self.info = source, run_dir, dict(run_info or {})
     self.evaluators = tuple(evaluators)
     self.d_in, n_latents, B = source.d_in, c.sae.n_latents, c.train.batch_size
@@ -114,6 +116,9 @@ class _Run:
     self.initial_nmse = meta.get("initial_normalized_mse")
     self.start_step = int(self.state.step)
     self.records: list[dict] = list(meta["records"])
+    # a silent sparsity knob is warned about once and written into every later record
+    self.knob_check = diagnostics.KnobCheck(sc, self.n_steps, c.train.lr, self.start_step)
+    self.run_warnings: list[str] = list(meta.get("run_warnings", []))
     self.wall0, self.t0 = float(meta["wall_time_s"]), time.time()
     self.evals = set(eval_steps(self.n_steps, c.train.n_eval_points, c.train.first_eval_fraction))
     self.pending = None  # (step, metrics) of the previous step, pulled to host one step late
@@ -175,6 +180,11 @@ class _Run:
       self.tracker.train_step(self.pending[0], previous)
     self.pending = (step, metrics)
     done = step + 1
+    warning = self.knob_check.observe(done, self.state, x)
+    if warning is not None:
+      self.run_warnings.append(warning)
+      if distributed.is_primary():
+        warnings.warn(f"{self.info.get('run_id', self.run_dir)}: {warning}", stacklevel=2)
     if done in self.evals or done % self.c.train.checkpoint_every_steps == 0:
       self.check(*jax.device_get(self.pending))
       if done in self.evals:
@@ -184,8 +194,10 @@ class _Run:
         self.tracker.eval_point(done, measured)
         self.records.append(_record(self.c, self.info, self.d_in, done, measured,
                                     float(metrics["dead_fraction"]), self.wall_time()))
+        self.records[-1]["run_warnings"] = list(self.run_warnings)
       self.ckpt.save(done, self.state, {"records": self.records, "wall_time_s": self.wall_time(),
-                                        "initial_normalized_mse": self.initial_nmse})
+                                        "initial_normalized_mse": self.initial_nmse,
+                                        "run_warnings": self.run_warnings})
       self.last_saved = self.unchecked = done
     return previous
 
