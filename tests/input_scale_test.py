@@ -163,3 +163,17 @@ def test_a_silent_jumprelu_knob_warns_once_and_the_records_and_fits_repeat_it(tm
           "run_warnings": sweep_fits.collect_run_warnings(flat)}
   assert "warning, run old: sae.sparsity_coefficient=0.01 (jumprelu) is silent" in (
       report.summary(fits))
+
+
+def test_knob_check_waits_for_the_lambda_warmup():
+  """While lambda ramps up (issue 14's train.sparsity_warmup_steps) a still L0 is expected:
+  the probes start once lambda is at full strength, and a warm-up that leaves no room for
+  the window turns the check off."""
+  arch = saes.get("jumprelu")
+  hp = arch.hyper(n_latents=N, input_scale=3.0)
+  plain = diagnostics.KnobCheck(step.StepConfig("jumprelu", hp, 10**6, "none"), 1000, 1e-3)
+  assert plain.active and plain.probe_steps[0] == 1 and plain.probe_steps[-1] == 100
+  ramped = diagnostics.KnobCheck(step.StepConfig("jumprelu", hp, 10**6, "none", 300), 1000, 1e-3)
+  assert ramped.active and ramped.probe_steps[0] == 301 and ramped.probe_steps[-1] == 400
+  late = diagnostics.KnobCheck(step.StepConfig("jumprelu", hp, 10**6, "none", 950), 1000, 1e-3)
+  assert not late.active

@@ -1,8 +1,8 @@
 """Checks of a run in progress that catch a setting which trains without error but does
 nothing: a sparsity knob that is silent (issue 19).
 
-`KnobCheck` watches the first `WINDOW_FRACTION` of a penalty architecture's steps
-(knob = sae.sparsity_coefficient, lambda > 0), probing `N_PROBES` of them: on that step's
+`KnobCheck` watches the first `WINDOW_FRACTION` of a penalty architecture's steps after
+its lambda warm-up, if any (knob = sae.sparsity_coefficient, lambda > 0), probing `N_PROBES` of them: on that step's
 batch it takes the gradient of the sparsity term alone (`Output.sparsity_loss`) and, for
 an architecture with learned thresholds (params["log_threshold"], JumpReLU), where the
 thresholds sit relative to the activations they gate. At the end of the window it
@@ -94,7 +94,12 @@ class KnobCheck:
     lam = getattr(sc.hp, "sparsity_coefficient", 0.0)
     self.active = sc.arch.knob == "sparsity_coefficient" and lam > 0 and start_step == 0
     self.window = max(1, math.ceil(fraction * n_steps))
-    self.probe_steps = sorted({int(s) for s in np.rint(np.linspace(1, self.window, n_probes))})
+    # with a lambda warm-up (`train.sparsity_warmup_steps`) the window starts once lambda
+    # is at full strength: while it ramps, a still L0 is what the warm-up is for
+    offset = int(getattr(sc, "sparsity_warmup_steps", 0) or 0)
+    self.active = self.active and offset + self.window <= n_steps
+    self.probe_steps = sorted({offset + int(s)
+                               for s in np.rint(np.linspace(1, self.window, n_probes))})
     self.probes: list[dict] = []
 
   def observe(self, done: int, state: TrainState, x_BxD) -> str | None:
