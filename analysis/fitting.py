@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import scipy.optimize
+import scipy.stats
 
 try:  # BLAS threads only slow down these tiny problems (10x on 2 cores): use one while fitting
   from threadpoolctl import threadpool_limits as _threadpool_limits
@@ -201,6 +202,8 @@ def fit_power_law(n: Sequence[float] | np.ndarray, loss: Sequence[float] | np.nd
 # --- the general engine: any law of `analysis.laws`, Huber in log space, L-BFGS-B -------------
 
 N_BOOTSTRAP = 1000
+MIN_DOF = 2  # P - Q below this: no interval (the noise is not estimable)
+MIN_CLUSTERS = 4  # runs below this: no cluster-bootstrap interval
 _COND_MAX = 1e12  # cond(J^T J) above this: the design does not identify the parameters
 
 
@@ -213,10 +216,11 @@ class LawFit:
       "growth_power_law").
     formula: the law as written, e.g. "L = a * x^(-alpha) + c".
     params: name -> value (e.g. "a", "alpha", "c"; Eq. 3: "alpha", "beta_k", ...).
-    stderr: name -> standard error, or None where the design does not determine it.
-      Gauss-Newton approximation at the optimum: cov = s^2 T (J^T J)^-1 T^T with J the
-      Jacobian of log L_pred, s^2 = sum r^2 / (P - Q); a, c, A by the delta method.
-    ci95: name -> [lo, hi], the percentile 95% bootstrap interval (None without bootstrap).
+    stderr: name -> standard error, or None where the design does not determine it:
+      the sandwich covariance of the Huber M-estimator (`_sandwich_cov`); a, c, A by
+      the delta method.
+    ci95: name -> [lo, hi], the reported 95% interval (`ci95_method` says which), or
+      None where the data cannot support one (`no_interval` says why).
     n_points: P, the points fitted.
     residuals: (P,) log L_pred - log L_obs (natural log), in input order.
     x: law input name -> (P,) values (e.g. {"x": [...]}, or {"n": [...], "k": [...]}).
@@ -231,8 +235,14 @@ class LawFit:
       to a degenerate point (a parameter fitted through its log, a or c, under- or
       overflowed to 0 or inf; or the optimiser failed).
     degenerate: True if the fit ran to an edge or the parameters are not identified.
-    note: why it is degenerate, or why there are no intervals (too few points for a
+    note: why it is degenerate, or why there are no bands (too few points for a
       bootstrap: every resample that can be fitted is nearly the data itself); "".
+    ci95_method: how `ci95` was computed: "t (P-Q dof) x sandwich standard error",
+      or a cluster bootstrap over runs; "" without an interval.
+    no_interval: "no interval: <why>", or "".
+    dof: the degrees of freedom of the t quantile: P - Q, or G - 1 over G runs.
+    cov: (Q, Q) the sandwich covariance of theta (the log of the log-fitted parameters,
+      in `params` order): what `ci95` and `predict_interval` use.
   """
 
   law: str
@@ -253,6 +263,10 @@ class LawFit:
   n_bootstrap_excluded: int = 0
   degenerate: bool = False
   note: str = ""
+  ci95_method: str = ""
+  no_interval: str = ""
+  dof: int = 0
+  cov: list[list[float]] = dataclasses.field(default_factory=list)
 
   @property
   def spec(self) -> laws_lib.Law:
@@ -267,6 +281,34 @@ class LawFit:
     logx = _log_inputs(self.spec, x)
     theta = self.spec.theta(self.params if params is None else params)
     return np.exp(self.spec.log_predict(theta, logx))
+
+  def predict_interval(self, x: Any, level: float = 0.95, *, new_observation: bool = True
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """The `level` interval of the law at x from its sandwich covariance (delta method in
+    log L, t quantile on `dof`): of the law itself, or, with `new_observation`, a
+    prediction interval for one new measurement (adds the residual variance
+    s^2 = sum r^2 / (P - Q) in log L).
+
+    Raises:
+      ConfigError: the fit has no covariance (no interval: see `no_interval`).
+    """
+    cov = np.array([[np.nan if v is None else v for v in row] for row in self.cov],
+                   dtype=np.float64)
+    if cov.size == 0 or not np.all(np.isfinite(cov)) or self.dof < 1:
+      raise ConfigError(f"the {self.law} fit has no interval "
+                        f"({self.no_interval or 'no covariance'}); add points")
+    logx = _log_inputs(self.spec, x)
+    theta = self.spec.theta(self.params)
+    shape = np.broadcast_shapes(*(v.shape for v in logx.values()))
+    flat = {k: np.broadcast_to(v, shape).reshape(-1) for k, v in logx.items()}
+    log_pred, g = _pred_and_jac(self.spec.design(flat), theta)
+    var = np.einsum("pq,qr,pr->p", g, cov, g)
+    if new_observation:
+      r = np.asarray(self.residuals, dtype=np.float64)
+      var = var + float(r @ r) / max(len(r) - self.spec.n_params, 1)
+    t = float(scipy.stats.t.ppf((1 + level) / 2, self.dof))
+    half = t * np.sqrt(var)
+    return (np.exp(log_pred - half).reshape(shape), np.exp(log_pred + half).reshape(shape))
 
   def predict_band(self, x: Any, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     """Pointwise bootstrap band of the law at x: the (1-level)/2 and (1+level)/2 quantiles
@@ -417,7 +459,8 @@ def _enough_distinct(law, xs, idx):
 
 def fit_law(law: str | laws_lib.Law, x: Any, y: Sequence[float] | np.ndarray, *,
             variables: Mapping[str, str] | None = None, huber_delta: float = HUBER_DELTA,
-            n_bootstrap: int = N_BOOTSTRAP, seed: int = 0, warn: bool = True) -> LawFit:
+            n_bootstrap: int = N_BOOTSTRAP, seed: int = 0, warn: bool = True,
+            clusters: Sequence[Any] | None = None) -> LawFit:
   """Fit a scaling law in log space: Huber loss, L-BFGS-B from a grid of starts, bootstrap.
 
   The objective is the mean Huber loss (threshold `huber_delta`) of the log residuals
@@ -440,10 +483,20 @@ def fit_law(law: str | laws_lib.Law, x: Any, y: Sequence[float] | np.ndarray, *,
     n_bootstrap: bootstrap resamples (0: no intervals, no bands).
     seed: the bootstrap seed.
     warn: warn (UserWarning) when the fit is degenerate.
+    clusters: (P,) the run of each point, when points share a run's noise (several
+      evaluations of one run): the standard errors are then cluster-robust (scores
+      summed per run), `ci95` uses t on G - 1 dof (G runs), and the bootstrap behind
+      the bands draws whole runs. Without, points are independent: t on P - Q dof.
+      (A cluster-bootstrap percentile interval covered far less than 95% in
+      benchmarks/fit_coverage.py; the t x sandwich intervals are what it validates.)
 
   Returns:
     A `LawFit`. A degenerate fit (an irreducible term c -> 0 or -> min L, or parameters
-    the design does not identify) has `degenerate` set, a `note`, and warns.
+    the design does not identify) has `degenerate` set, a `note`, and warns. Where the
+    data cannot support an interval (fewer than `MIN_DOF` degrees of freedom or too few
+    distinct x; fewer than `MIN_CLUSTERS` runs) `ci95` is None throughout and
+    `no_interval` says why in one line. Which interval each law reports was chosen by
+    its measured coverage (benchmarks/fit_coverage.py).
 
   Raises:
     ConfigError: unknown law; shapes differ; a value is NaN, inf or <= 0; too few
@@ -458,6 +511,9 @@ def fit_law(law: str | laws_lib.Law, x: Any, y: Sequence[float] | np.ndarray, *,
   xs, y_P = _check_law_inputs(law, x, y, variables)
   if huber_delta <= 0:
     raise ConfigError(f"huber_delta={huber_delta} must be positive (Hoffmann et al. use 1e-3)")
+  if clusters is not None and len(clusters) != len(y_P):
+    raise ConfigError(f"cannot fit {law.name}: {len(clusters)} cluster labels for "
+                      f"{len(y_P)} points")
   logx = {i: np.log(v) for i, v in xs.items()}
   mu = {i: float(v.mean()) for i, v in logx.items()}
   u = {i: v - mu[i] for i, v in logx.items()}
@@ -465,14 +521,15 @@ def fit_law(law: str | laws_lib.Law, x: Any, y: Sequence[float] | np.ndarray, *,
   starts = law.inits(u, logy)
   with _one_blas_thread():
     return _fit_law(law, xs, y_P, u, mu, logy, starts, variables, huber_delta, n_bootstrap,
-                    seed, warn)
+                    seed, warn, clusters)
 
 
 def _one_blas_thread():
   return _threadpool_limits(1, user_api="blas") if _threadpool_limits else contextlib.nullcontext()
 
 
-def _fit_law(law, xs, y_P, u, mu, logy, starts, variables, huber_delta, n_bootstrap, seed, warn):
+def _fit_law(law, xs, y_P, u, mu, logy, starts, variables, huber_delta, n_bootstrap, seed, warn,
+             clusters=None):
   Fs = law.design(u)
   theta_c, objective = _minimise(Fs, logy, starts, huber_delta)
   if theta_c is None:
@@ -489,23 +546,56 @@ def _fit_law(law, xs, y_P, u, mu, logy, starts, variables, huber_delta, n_bootst
   JtJ = J.T @ J
   cond = np.linalg.cond(JtJ)
   se_theta = np.full(Q, np.nan)
-  if not np.isfinite(cond) or cond > _COND_MAX:
+  cov = np.full((Q, Q), np.nan)
+  identified = bool(np.isfinite(cond) and cond <= _COND_MAX)
+  G = len(set(clusters)) if clusters is not None else P
+  if not identified:
     notes.append(f"the design does not identify all {Q} parameters (cond(J^T J) = {cond:.2g}); "
                  f"add distinct values of {', '.join(variables.values())}")
   elif P > Q:
-    cov = float(r_P @ r_P) / (P - Q) * T @ np.linalg.inv(JtJ) @ T.T
+    cov = T @ _sandwich_cov(J, r_P, huber_delta, clusters) @ T.T
     se_theta = np.sqrt(np.clip(np.diag(cov), 0, None))
   stderr = {p: float(params[p] * s if p in law.log_params else s)
             for p, s in zip(law.params, se_theta)}
   stderr = {p: (s if math.isfinite(s) else None) for p, s in stderr.items()}
   notes += _edge_notes(law, params, y_P, xs, variables)
 
-  boots, ci95, boot_note, n_excluded = [], {p: None for p in law.params}, "", 0
+  # The reported 95% interval: t around the sandwich standard error, on P - Q dof (points
+  # independent) or G - 1 (clusters: G runs whose points share the run's noise; the
+  # cluster-robust sandwich); None, with the reason in `no_interval`, where the data
+  # cannot support one. Chosen by measured coverage (benchmarks/fit_coverage.py).
+  n_distinct = len(np.unique(np.stack(list(xs.values()), axis=1), axis=0))  # distinct inputs
+  ci95, method, no_interval = {p: None for p in law.params}, "", ""
+  dof = P - Q if clusters is None else G - 1
+  if not identified:
+    no_interval = "the parameters are not identified"
+  elif clusters is not None and G < MIN_CLUSTERS:
+    no_interval = f"only {G} runs; an interval over runs needs {MIN_CLUSTERS}"
+  elif clusters is None and (P - Q < MIN_DOF or n_distinct < law.n_params + MIN_DOF):
+    no_interval = (f"{P} points at {n_distinct} distinct {', '.join(variables.values())} for "
+                   f"{Q} parameters leave {P - Q} degrees of freedom; an interval needs "
+                   f"{MIN_DOF} (and {law.n_params + MIN_DOF} distinct values)")
+  else:
+    t = float(scipy.stats.t.ppf(0.975, dof))
+    method = (f"t ({dof} dof) x sandwich standard error" if clusters is None else
+              f"t ({dof} dof) x cluster-robust sandwich standard error ({G} runs)")
+    for p, v, s in zip(law.params, theta, se_theta):
+      if math.isfinite(s):
+        lo, hi = v - t * s, v + t * s
+        ci95[p] = [math.exp(lo), math.exp(hi)] if p in law.log_params else [float(lo), float(hi)]
+  if no_interval:
+    no_interval = f"no interval: {no_interval}"
+
+  boots, boot_note, n_excluded = [], "", 0
   if n_bootstrap > 0:
     rng = np.random.default_rng(seed)
+    groups = _cluster_index(clusters) if clusters is not None else None
     for _ in range(n_bootstrap):
       for _attempt in range(100):
-        idx = rng.integers(0, P, P)
+        if groups is None:
+          idx = rng.integers(0, P, P)
+        else:
+          idx = np.concatenate([groups[g] for g in rng.integers(0, len(groups), len(groups))])
         if _enough_distinct(law, xs, idx):
           break
       else:
@@ -521,11 +611,8 @@ def _fit_law(law, xs, y_P, u, mu, logy, starts, variables, huber_delta, n_bootst
     if distinct < max(10, min(n_bootstrap, 1000) // 10):
       boot_note = (f"the bootstrap gave only {distinct} distinct refits of {n_bootstrap} "
                    f"({P} points; the law needs {', '.join(map(str, law.min_distinct))} distinct "
-                   f"{', '.join(variables.values())}): no intervals; add points")
+                   f"{', '.join(variables.values())}): no bands; add points")
       boots = []
-    else:
-      lo, hi = np.percentile(np.array(boots), [2.5, 97.5], axis=0)
-      ci95 = {p: [float(a), float(b)] for p, a, b in zip(law.params, lo, hi)}
     if n_excluded:
       boot_note = "; ".join(filter(None, [boot_note, (
           f"{n_excluded} of {n_bootstrap} bootstrap refits ran to a degenerate point (a "
@@ -540,7 +627,52 @@ def _fit_law(law, xs, y_P, u, mu, logy, starts, variables, huber_delta, n_bootst
                 variables=variables, y=y_P.tolist(), objective=objective,
                 huber_delta=float(huber_delta), n_starts=len(starts), bootstrap=boots,
                 seed=int(seed), n_bootstrap_excluded=n_excluded, degenerate=degenerate,
-                note=note)
+                note=note, ci95_method=method, no_interval=no_interval, dof=dof,
+                cov=[[float(v) for v in row] for row in cov])
+
+
+def _cluster_index(clusters) -> list[np.ndarray]:
+  """Point indices of each cluster (run), in first-seen order."""
+  order: dict[Any, list[int]] = {}
+  for i, c in enumerate(clusters):
+    order.setdefault(c, []).append(i)
+  return [np.asarray(v) for v in order.values()]
+
+
+def _sandwich_cov(J_PxQ: np.ndarray, r_P: np.ndarray, delta: float,
+                  clusters: Sequence[Any] | None = None) -> np.ndarray:
+  """The sandwich covariance A^-1 B A^-1 of a Huber M-estimator (Huber 1967; Huber &
+  Ronchetti 2009, Sec. 7.6) on the centred parameters, from the Jacobian J of log L_pred
+  and the residuals r at the optimum.
+
+  B = sum psi(r_i)^2 J_i J_i^T with psi(r) = clip(r/delta, -1, 1). A = sum E[psi']
+  J_i J_i^T, where E[psi'] = (F(delta) - F(-delta)) / delta with F the residuals'
+  distribution. Counting the points inside +-delta is useless at delta = 1e-3 (close to
+  least absolute deviations: a handful of points, most of them interpolated), and a
+  kernel estimate of the density at 0 from 6-40 residuals was too noisy to cover
+  (benchmarks/fit_coverage.py), so F is the normal of scale s, s^2 = sum r^2 / (P - Q)
+  (a normal-reference density: 2 f(0) = 2 / (sqrt(2 pi) s) when delta << s, the LAD
+  sparsity of Koenker 2005, Sec. 3.4; 1/delta, the least-squares case, when delta >> s).
+  The t quantile on P - Q dof then accounts for the noise in s.
+  With `clusters` (the run of each point), B sums the scores within each run first (the
+  cluster-robust meat, with the G/(G-1) correction; Cameron & Miller 2015, Sec. II.C).
+  """
+  P, Q = J_PxQ.shape
+  psi = np.clip(r_P / delta, -1.0, 1.0)
+  if clusters is None:
+    B = (J_PxQ.T * psi ** 2) @ J_PxQ  # the dof correction is in s (A), once
+  else:
+    S_GxQ = np.stack([J_PxQ[g].T @ psi[g] for g in _cluster_index(clusters)])
+    G = len(S_GxQ)
+    B = S_GxQ.T @ S_GxQ * (G / max(G - 1, 1))
+  sigma = math.sqrt(float(r_P @ r_P) / (P - Q)) if P > Q else 0.0
+  if sigma > 0:  # E[psi'] under a normal reference of scale sigma
+    e_dpsi = float(scipy.stats.norm.cdf(delta / sigma) - scipy.stats.norm.cdf(-delta / sigma)) / delta
+  else:
+    e_dpsi = 1.0 / delta
+  A = e_dpsi * (J_PxQ.T @ J_PxQ)
+  A_inv = np.linalg.inv(A)
+  return A_inv @ B @ A_inv
 
 
 def _usable_refit(law, row) -> bool:
@@ -600,3 +732,71 @@ def compute_frontier(flops: Sequence[float] | np.ndarray,
       keep.append(int(i))
       best = l_P[i]
   return np.asarray(keep, dtype=np.int64)
+
+
+def fit_frontier_law(flops: Sequence[float] | np.ndarray, loss: Sequence[float] | np.ndarray,
+                     runs: Sequence[Any], *, n_bootstrap: int = 200, seed: int = 0,
+                     huber_delta: float = HUBER_DELTA, warn: bool = True
+                     ) -> tuple[LawFit, np.ndarray, dict[str, list[float] | None]]:
+  """L(C) = a * C^(-alpha) on the compute-efficient frontier, with a cluster bootstrap
+  that recomputes the frontier in every replicate.
+
+  Frontier points are consecutive evaluations of a few runs and share each run's noise,
+  so resampling them as independent points gives intervals far too narrow. Here each
+  replicate draws the runs with replacement, takes the frontier (`compute_frontier`) of
+  the evaluation points of the runs drawn, and refits (Gao et al. 2024, Fig. 1 left;
+  the cluster bootstrap of Cameron & Miller 2015, Sec. VI); its refits give the bands and
+  its percentile interval is returned too. Measured (benchmarks/fit_coverage.py), a
+  bootstrap that can only delete runs barely moves the frontier's slope and covers far
+  less than 95%, so `ci95` is instead the t interval on G - 1 dof around the
+  cluster-robust sandwich standard error (`fit_law` with clusters: G runs on the frontier).
+
+  Args:
+    flops: (P,) training compute of every evaluation point, FLOPs, > 0.
+    loss: (P,) its loss, > 0.
+    runs: (P,) the run of each point (any hashable: (sweep, run_id)).
+    n_bootstrap, seed, huber_delta, warn: as in `fit_law`.
+
+  Returns:
+    (fit, frontier indices into the inputs, the cluster-bootstrap percentile interval
+    per parameter (None without one)).
+
+  Raises:
+    ConfigError: as `fit_law` on the frontier points (fewer than 3 distinct compute).
+  """
+  c_P = np.asarray(flops, dtype=np.float64)
+  l_P = np.asarray(loss, dtype=np.float64)
+  run_P = [runs[i] for i in range(len(c_P))]
+  idx = compute_frontier(c_P, l_P)
+  f_runs = [run_P[i] for i in idx]
+  fit = fit_law("power_law", c_P[idx], l_P[idx], variables={"x": "flops"}, n_bootstrap=0,
+                huber_delta=huber_delta, warn=warn, clusters=f_runs)
+  groups = _cluster_index(run_P)
+  n_runs = len(groups)
+  boots, n_failed, ci_boot = [], 0, {p: None for p in fit.params}
+  if not fit.degenerate and n_runs >= MIN_CLUSTERS and n_bootstrap > 0:
+    rng = np.random.default_rng(seed)
+    law = laws_lib.POWER_LAW
+    for _ in range(n_bootstrap):
+      pick = np.concatenate([groups[g] for g in np.unique(rng.integers(0, n_runs, n_runs))])
+      f_idx = pick[compute_frontier(c_P[pick], l_P[pick])]
+      if len(np.unique(c_P[f_idx])) < law.min_distinct[0]:
+        n_failed += 1
+        continue
+      u = np.log(c_P[f_idx])
+      mu = float(u.mean())
+      Fs = law.design({"x": u - mu})
+      start = np.linalg.solve(law.uncentre({"x": mu}), law.theta(fit.params))
+      tb, _ = _minimise(Fs, np.log(l_P[f_idx]), [start], huber_delta, ftol=1e-12)
+      row = list(law.named(law.uncentre({"x": mu}) @ tb).values()) if tb is not None else []
+      if _usable_refit(law, row):
+        boots.append(row)
+      else:
+        n_failed += 1
+    if len(boots) >= n_bootstrap // 2:
+      lo, hi = np.percentile(np.array(boots), [2.5, 97.5], axis=0)
+      ci_boot = {p: [float(a), float(b)] for p, a, b in zip(fit.params, lo, hi)}
+    else:
+      boots = []
+  fit = dataclasses.replace(fit, bootstrap=boots, seed=int(seed), n_bootstrap_excluded=n_failed)
+  return fit, idx, ci_boot

@@ -10,6 +10,8 @@ its parameters once the inputs are logged, so one representation serves all of t
 * ``joint_nk``              L(n, k) = exp(alpha + beta_k log k + beta_n log n
                                       + gamma log k log n) + exp(zeta + eta log k)
                                                                   (Gao et al. 2024, Eq. 3)
+* ``chinchilla``            L(N, D) = E + A * N^(-alpha) + B * D^(-beta)   (Hoffmann et al.
+  2022, Eq. 2, their Approach 3: N = n_latents, D = training tokens)
 * ``growth_power_law``      y = A * x^b                          (Templeton et al. 2024: the
   compute-optimal n_latents*(C) and token budget*(C); Hoffmann et al. 2022, Eq. 4)
 
@@ -231,5 +233,41 @@ POWER_LAW_2 = Law(
            "(sweeps/lr_sweep.py)")
 
 
+# --- Hoffmann et al. 2022, Eq. 2 (their Approach 3): loss against n_latents and tokens ----
+
+def _chin_design(u):
+  n, d = u["N"], u["D"]
+  one, zero = np.ones_like(n), np.zeros_like(n)
+  return [np.stack([one, zero, zero, zero, zero], axis=1),
+          np.stack([zero, one, -n, zero, zero], axis=1),
+          np.stack([zero, zero, zero, one, -d], axis=1)]
+
+
+def _chin_uncentre(mu):
+  T = np.eye(5)
+  T[1, 2] = mu["N"]  # log A = log A' + alpha * mu_N
+  T[3, 4] = mu["D"]  # log B = log B' + beta * mu_D
+  return T
+
+
+def _chin_inits(u, logy):
+  y = np.exp(logy)
+  out = []
+  for frac, alpha0, beta0 in itertools.product((0.01, 0.5), (0.2, 0.5, 1.0), (0.2, 0.5, 1.0)):
+    e0 = frac * y.min()
+    half = np.log(max(float(np.exp(np.mean(logy))) - e0, 1e-12) / 2)
+    out.append(np.array([np.log(e0), half, alpha0, half, beta0]))
+  return out
+
+
+CHINCHILLA = Law(
+    name="chinchilla", formula="L(N, D) = E + A * N^(-alpha) + B * D^(-beta)",
+    params=("E", "A", "alpha", "B", "beta"), log_params=frozenset({"E", "A", "B"}),
+    inputs=("N", "D"), min_distinct=(3, 3),
+    design=_chin_design, uncentre=_chin_uncentre, inits=_chin_inits,
+    source="Hoffmann et al. 2022, Eq. 2 and Sec. 3.3 (Approach 3), with N = n_latents and "
+           "D = training tokens")
+
+
 LAWS: dict[str, Law] = {law.name: law for law in (
-    POWER_LAW, POWER_LAW_IRREDUCIBLE, GROWTH_POWER_LAW, JOINT_NK, POWER_LAW_2)}
+    POWER_LAW, POWER_LAW_IRREDUCIBLE, GROWTH_POWER_LAW, JOINT_NK, POWER_LAW_2, CHINCHILLA)}

@@ -24,9 +24,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import scipy.stats
 
-from analysis.fitting import LOSS_KEY, fit_law
-from analysis.results import get_field, group_runs
+from analysis.fitting import LOSS_KEY, LawFit, fit_law
+from analysis.results import get_field, group_runs, run_key
 from analysis._warn import warn_caller
 from sae_jax.errors import ConfigError
 
@@ -234,3 +235,72 @@ def optimal_learning_rates(records: Sequence[Mapping[str, Any]], *, lr_key: str 
   except ConfigError as e:
     out["lr_opt"] = {"error": str(e)}
   return out
+
+
+def allocation(params: Mapping[str, float], flops: Any, kappa: float) -> tuple[Any, Any]:
+  """The compute-optimal (n_latents*, tokens*) of L(N, D) = E + A N^-alpha + B D^-beta at
+  compute C = kappa * N * D (Hoffmann et al. 2022, Eq. 4):
+  N* = G (C/kappa)^(beta/(alpha+beta)), D* = (C/kappa) / N*, G = (alpha A / (beta B))^(1/(alpha+beta)).
+
+  Args:
+    params: the fitted E, A, alpha, B, beta (`fit_law("chinchilla", ...)`).
+    flops: compute C, FLOPs (scalar or array).
+    kappa: FLOPs per token per latent (12 d_in in this project).
+  """
+  a, b = params["alpha"], params["beta"]
+  G = (a * params["A"] / (b * params["B"])) ** (1.0 / (a + b))
+  nd = np.asarray(flops, dtype=np.float64) / kappa
+  n = G * nd ** (b / (a + b))
+  return n, nd / n
+
+
+def chinchilla_allocation(records: Sequence[Mapping[str, Any]], *, loss_key: str = LOSS_KEY,
+                          n_bootstrap: int = 200, seed: int = 0,
+                          huber_delta: float = 1e-3) -> dict[str, Any]:
+  """Compute-optimal allocation as Hoffmann et al. 2022 do it (their Approach 3).
+
+  Fits L(N, D) = E + A N^-alpha + B D^-beta (N = n_latents, D = training tokens) to every
+  evaluation point of one (architecture, k) group, with a cluster bootstrap over runs
+  (a run's evaluations share its noise): cluster-robust sandwich standard errors, t on
+  G - 1 dof, and the exponent's interval by the delta method. At compute C = kappa N D the loss-minimising
+  allocation is n*(C) ~ C^(beta/(alpha+beta)) and D*(C) ~ C^(alpha/(alpha+beta)): one
+  measurement, the second exponent is the complement of the first (they sum to 1 by
+  construction), so only `n_opt_exponent` is reported with its interval.
+
+  Args:
+    records: one architecture and k: evaluation records with n_latents, tokens, flops
+      and the loss, several runs of different n_latents.
+    loss_key, n_bootstrap, seed, huber_delta: as in `analysis.fitting.fit_law`.
+
+  Returns:
+    {"fit": the LawFit dict of "chinchilla", "kappa": FLOPs per token per latent (median
+     of flops / (tokens n_latents)), "n_opt_exponent": beta/(alpha+beta),
+     "n_opt_exponent_ci95": [lo, hi] or None, "tokens_opt_exponent": its complement,
+     "runs": the runs fitted}.
+
+  Raises:
+    ConfigError: fewer than 3 distinct n_latents or tokens, or a fit error.
+  """
+  runs = group_runs(records, "tokens", loss_key, "flops", "n_latents")
+  pts = [r for rs in runs.values() for r in rs]
+  ns = {float(r["n_latents"]) for r in pts}
+  if len(ns) < 3:
+    raise ConfigError(f"L(N, D) needs runs of at least 3 distinct n_latents, got {len(ns)}")
+  fit = fit_law("chinchilla", {"N": [r["n_latents"] for r in pts], "D": [r["tokens"] for r in pts]},
+                [r[loss_key] for r in pts], variables={"N": "n_latents", "D": "tokens"},
+                clusters=[run_key(r) for r in pts], n_bootstrap=n_bootstrap, seed=seed,
+                huber_delta=huber_delta)
+  kappa = float(np.median([r["flops"] / (r["tokens"] * r["n_latents"]) for r in pts]))
+  x = fit.params["beta"] / (fit.params["alpha"] + fit.params["beta"])
+  ci = None
+  if fit.ci95.get("alpha") is not None:  # delta method on the sandwich covariance
+    a, b = fit.params["alpha"], fit.params["beta"]
+    i_a, i_b = fit.spec.params.index("alpha"), fit.spec.params.index("beta")
+    cov = np.array(fit.cov)[np.ix_([i_a, i_b], [i_a, i_b])]
+    g = np.array([-b, a]) / (a + b) ** 2
+    half = float(scipy.stats.t.ppf(0.975, fit.dof)) * math.sqrt(max(float(g @ cov @ g), 0.0))
+    ci = [float(x - half), float(x + half)]
+  return {"fit": fit.to_dict(), "kappa": kappa, "n_opt_exponent": float(x),
+          "n_opt_exponent_ci95": ci, "tokens_opt_exponent": float(1 - x),
+          "note": "n*(C) ~ C^x and D*(C) ~ C^(1-x): one exponent, the other its complement",
+          "runs": sorted(f"{s}/{r}" for s, r in runs)}

@@ -24,7 +24,7 @@ from matplotlib.lines import Line2D
 
 from analysis.fitting import LOSS_KEY, LawFit
 from analysis.results import is_usable
-from analysis.sweep_fits import fit_scaling_laws, group_key
+from analysis.sweep_fits import DATA_SETTINGS, fit_scaling_laws, group_key
 from analysis.laws import LAWS
 from analysis.plot_style import (LINESTYLES, LOSS_LABEL, N_CMAP, PALETTE,
                                  STYLE, empty_axes, log_axis, loss_tick_label, new_figure,
@@ -93,21 +93,24 @@ def _band(ax: Any, fit: LawFit | None, x: np.ndarray, color: Any, alpha: float =
 
 
 def format_param(fit: Mapping[str, Any], name: str, digits: int = 2) -> str:
-  """ "0.53 ± 0.04" (standard error) or "0.53 [0.48, 0.58]" (bootstrap) or "0.53"."""
+  """ "0.53 [0.48, 0.58]" (the reported 95% interval, `ci95`) or "0.53 (no interval)".
+
+  Never "±": a standard error is printed only as the interval it validates
+  (benchmarks/fit_coverage.py); where the data cannot support one, it says so."""
   v = fit["params"][name]
   ci = (fit.get("ci95") or {}).get(name)
   if ci:
     return f"{v:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
-  se = (fit.get("stderr") or {}).get(name)
-  return f"{v:.{digits}f} ± {se:.{digits}f}" if se is not None else f"{v:.{digits}f}"
+  return f"{v:.{digits}f} (no interval)"
 
 
 def _final_groups(records, loss_key):
   multi_arch = len({r.get("architecture") for r in records}) > 1
+  multi_data = len({tuple(r.get(f) for f in DATA_SETTINGS) for r in records}) > 1
   groups: dict[str, list[Mapping]] = {}
   for r in records:
     if r.get("final") is True and is_usable(r, "n_latents", loss_key):
-      groups.setdefault(group_key(r, multi_arch), []).append(r)
+      groups.setdefault(group_key(r, multi_arch, multi_data), []).append(r)
   return groups
 
 
@@ -199,21 +202,26 @@ def _draw_loss_vs_compute(fig: Figure, ax: Any, records, fits, loss_key: str) ->
     color = cmap(norm(run[0]["n_latents"])) if is_usable(run[0], "n_latents") else "0.5"
     ax.plot([r["flops"] for r in run], [r[loss_key] for r in run], ls=styles[run[0].get("k")],
             marker="o", ms=2.5, lw=1.0, color=color, alpha=0.45, zorder=1)
-  L_C = fits.get("L_C", {})
-  frontier = [p for p in L_C.get("frontier", []) if is_usable(p, "flops", loss_key)]
   handles = []
-  if frontier:
+  groups = [(key, e) for key, e in fits.get("L_C", {}).items() if isinstance(e, Mapping)]
+  for i, (key, L_C) in enumerate(groups):
+    frontier = [p for p in L_C.get("frontier", []) if is_usable(p, "flops", loss_key)]
+    if not frontier:
+      continue
+    color = "black" if len(groups) == 1 else PALETTE[i % len(PALETTE)]
+    tag = "" if len(groups) == 1 else f"{key}: "
     fc = np.array([p["flops"] for p in frontier], dtype=float)
     fl = np.array([p[loss_key] for p in frontier], dtype=float)
-    handles.append(ax.plot(fc, fl, "D", ms=4.5, mfc="none", mec="black", mew=1.0, zorder=4,
-                           label="compute-efficient frontier")[0])
+    handles.append(ax.plot(fc, fl, "D", ms=4.5, mfc="none", mec=color, mew=1.0, zorder=4,
+                           label=f"{tag}compute-efficient frontier")[0])
     if "params" in L_C:
       p = L_C["params"]
       c_grid = np.geomspace(fc.min() / 1.5, fc.max() * 1.5, 200)
-      _band(ax, _fit_or_none(L_C), c_grid, "black", alpha=0.1)
-      handles.append(ax.plot(c_grid, p["a"] * c_grid ** -p["alpha"], color="black", lw=1.3,
+      _band(ax, _fit_or_none(L_C), c_grid, color, alpha=0.1)
+      handles.append(ax.plot(c_grid, p["a"] * c_grid ** -p["alpha"], color=color, lw=1.3,
                              ls="--", zorder=3,
-                             label=f"$L(C) \\propto C^{{-\\alpha}}$, α = {format_param(L_C, 'alpha', 3)}")[0])
+                             label=f"{tag}$L(C) \\propto C^{{-\\alpha}}$, α = "
+                                   f"{format_param(L_C, 'alpha', 3)}")[0])
   if len(styles) > 1:
     handles += [Line2D([], [], color="0.4", ls=ls, label=f"k={k}") for k, ls in styles.items()]
   if runs:

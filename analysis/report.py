@@ -128,10 +128,12 @@ def write_plots(records: Sequence[Mapping[str, Any]], fits: Mapping[str, Any],
       written += plots.plot_extrapolation(fit, stem("extrapolation_L_N"), xlabel="n_latents",
                                           title=f"L(N) extrapolated, {key}")
       break
-  if "params" in fits.get("L_C", {}):
-    written += plots.plot_extrapolation(fits["L_C"], stem("extrapolation_L_C"), factor=100.0,
-                                        xlabel="training compute (FLOPs)",
-                                        title="L(C) on the frontier, extrapolated")
+  for key, L_C in fits.get("L_C", {}).items():
+    if "params" in L_C:
+      written += plots.plot_extrapolation(L_C, stem("extrapolation_L_C"), factor=100.0,
+                                          xlabel="training compute (FLOPs)",
+                                          title=f"L(C) on the frontier, extrapolated, {key}")
+      break
   if len({r.get("architecture") for r in records}) > 1:  # the zoo: compare on one axis
     written += sparsity_fidelity.plot_sparsity_fidelity(records, stem("sparsity_fidelity"))
   return written
@@ -199,14 +201,34 @@ def summary(fits: Mapping[str, Any]) -> str:
         flag = "  [degenerate]" if fit.get("degenerate") else ""
         lines.append(f"  L(N) {key:>8} {name:<11}: alpha = {plots.format_param(fit, 'alpha')}, "
                      f"a = {p['a']:.3g}{extra}{flag}")
+        if fit.get("no_interval"):
+          lines.append(f"    {fit['no_interval']}")
       elif name == "power_law":
         lines.append(f"  L(N) {key:>8}: {fit.get('error')}")
-  L_C = fits["L_C"]
-  if "params" in L_C:
-    lines.append(f"  L(C) frontier ({len(L_C['frontier'])} points): "
-                 f"alpha = {plots.format_param(L_C, 'alpha', 4)}, a = {L_C['params']['a']:.3g}")
-  else:
-    lines.append(f"  L(C): {L_C.get('error')}")
+  if len(fits.get("groups", [])) > 1:
+    lines.append(f"  {len(fits['groups'])} groups, each fitted separately: "
+                 f"{'; '.join(fits['groups'])}")
+  for key, L_C in fits.get("L_C", {}).items():
+    if "params" in L_C:
+      lines.append(f"  L(C) frontier {key:>8} ({len(L_C['frontier'])} points of "
+                   f"{len(L_C['runs'])} runs): alpha = {plots.format_param(L_C, 'alpha', 4)}, "
+                   f"a = {L_C['params']['a']:.3g}")
+      if L_C.get("no_interval"):
+        lines.append(f"    {L_C['no_interval']}")
+    else:
+      lines.append(f"  L(C) {key:>8}: {L_C.get('error')}")
+  for key, L_C in fits.get("L_C_envelope", {}).items():
+    if "params" in L_C:
+      lines.append(f"  L(C) best over k ({key}; an extra, not a law at fixed k): alpha = "
+                   f"{plots.format_param(L_C, 'alpha', 4)}")
+  for key, entry in fits.get("allocation", {}).items():
+    if "n_opt_exponent" in entry:
+      ci = entry["n_opt_exponent_ci95"]
+      shown = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"({entry['fit']['no_interval']})"
+      lines.append(f"  allocation {key:>8} (L(N, D), Approach 3): n* ~ C^{entry['n_opt_exponent']:.3f} "
+                   f"{shown}; D* ~ C^(1 - that), its complement")
+    else:
+      lines.append(f"  allocation {key:>8}: {entry.get('error')}")
   L_NK = fits.get("L_NK", {})
   if "params" in L_NK:
     lines.append("  L(n, k) Eq. 3: " + ", ".join(f"{p} = {v:.3f}"
@@ -215,8 +237,9 @@ def summary(fits: Mapping[str, Any]) -> str:
     lines.append(f"  L(n, k) Eq. 3: {L_NK.get('error')}")
   for key, entry in fits.get("compute_optimal", {}).items():
     if "a" in entry:
-      lines.append(f"  compute-optimal {key:>8}: n* ~ C^{plots.format_param(entry['n_latents_opt'], 'b')}, "
-                   f"D* ~ C^{plots.format_param(entry['tokens_opt'], 'b')}")
+      lines.append(f"  compute-optimal {key:>8} (IsoFLOP, Approach 2): n* ~ "
+                   f"C^{plots.format_param(entry['n_latents_opt'], 'b')}; D* ~ C^(1 - that), "
+                   f"its complement")
     else:
       err = entry.get("error") or entry.get("n_latents_opt", {}).get("error")
       lines.append(f"  compute-optimal {key:>8}: {err}")

@@ -12,16 +12,39 @@ from typing import Any
 from analysis import convergence as convergence_lib
 from analysis import optimal
 from analysis._warn import warn_caller
-from analysis.fitting import HUBER_DELTA, LOSS_KEY, compute_frontier, fit_law
+from analysis.fitting import HUBER_DELTA, LOSS_KEY, fit_frontier_law, fit_law
 from analysis.results import dedupe_records, get_field, is_usable, run_key
 from sae_jax.errors import ConfigError
 from sae_jax.files import json_safe
 
 
-def group_key(record: Mapping[str, Any], multi_architecture: bool = False) -> str:
-  """The key of a record's L(N) group: "k=32" (prefixed "topk, " if architectures mix)."""
+DATA_SETTINGS = ("model", "layer", "d_in")
+"""The record fields that say which activations an SAE was trained on: a law holds for one."""
+
+
+def group_key(record: Mapping[str, Any], multi_architecture: bool = False,
+              multi_data: bool = False) -> str:
+  """The key of a record's group: "k=32", prefixed "topk, " if architectures mix and
+  suffixed ", model=smollm2, layer=15, d_in=576" if data settings mix. Every law is fitted
+  per group: compute does not depend on k, so pooling k would fit the largest k's envelope."""
   key = f"k={record.get('k')}"
-  return f"{record.get('architecture')}, {key}" if multi_architecture else key
+  if multi_architecture:
+    key = f"{record.get('architecture')}, {key}"
+  if multi_data:
+    key += "".join(f", {f}={record.get(f)}" for f in DATA_SETTINGS)
+  return key
+
+
+def _data_key(record: Mapping[str, Any], multi_architecture: bool, multi_data: bool) -> str:
+  """The key of (architecture, data settings) without k: the envelope over k and Eq. 3."""
+  parts = ([str(record.get("architecture"))] if multi_architecture else []) + (
+      [f"{f}={record.get(f)}" for f in DATA_SETTINGS] if multi_data else [])
+  return ", ".join(parts) or "all"
+
+
+def _run_names(records: Sequence[Mapping[str, Any]]) -> list[str]:
+  """The runs a fit used, as "sweep/run_id" (fits.json says which records each fit used)."""
+  return sorted({f"{s}/{r}" for s, r in (run_key(rec) for rec in records)})
 
 
 def _k_sort(key: str) -> tuple:
@@ -41,10 +64,10 @@ def _try(fn, *args, **kwargs) -> dict[str, Any]:
   return out.to_dict() if hasattr(out, "to_dict") else out
 
 
-def _groups(records, multi_arch):
+def _groups(records, multi_arch, multi_data=False):
   groups: dict[str, list[Mapping[str, Any]]] = {}
   for r in records:
-    groups.setdefault(group_key(r, multi_arch), []).append(r)
+    groups.setdefault(group_key(r, multi_arch, multi_data), []).append(r)
   return {k: groups[k] for k in sorted(groups, key=_k_sort)}
 
 
@@ -60,18 +83,28 @@ def fit_scaling_laws(records: Sequence[Mapping[str, Any]], *, loss_key: str = LO
 
   * ``convergence``: each run judged by the rule of `analysis.convergence` (relative
     drop of loss over the last doubling of tokens < `rel_tol`).
-  * ``L_N``: per k (and architecture, if several), L(N) at convergence from the `final`
-    records: "power_law" and "irreducible" (Gao et al. 2024, Sec. 3.1), with the
-    unconverged runs listed in "unconverged". `convergence="include"` (default) fits them
-    too and warns; "exclude" leaves them out and warns.
-  * ``L_C``: L(C) = a * C^(-alpha) on the compute-efficient frontier of ALL evaluation
-    records (Gao et al. 2024, Fig. 1 left), the frontier points listed.
+  Every law is fitted per group: (architecture, k, data settings) -- `group_key`, "k=32"
+  while one architecture and one (model, layer, d_in) -- and each fit lists the runs it
+  used ("runs"). A table mixing groups says so (a warning).
+
+  * ``L_N[group]``: L(N) at convergence from the `final` records: "power_law" and
+    "irreducible" (Gao et al. 2024, Sec. 3.1), with the unconverged runs listed in
+    "unconverged". `convergence="include"` (default) fits them too and warns;
+    "exclude" leaves them out and warns.
+  * ``L_C[group]``: L(C) = a * C^(-alpha) on the group's compute-efficient frontier
+    (Gao et al. 2024, Fig. 1 left), the frontier points listed; its interval a cluster
+    bootstrap over runs with the frontier recomputed (`fit_frontier_law`).
+  * ``L_C_envelope[architecture/data]``: the frontier over all k, only where several k
+    are present, labelled as the extra it is (compute does not depend on k).
   * ``L_NK``: Gao et al. 2024, Eq. 3 over the final records of all n_latents and k (one
-    architecture), same convergence policy as L_N.
-  * ``compute_optimal``: per k, n_latents*(C) = A C^a and tokens*(C) = B C^b
-    (`analysis.optimal.compute_optimal_allocation`; Templeton et al. 2024).
-  * ``lr_opt``: per k, lr*(n) = a n^(-alpha) where the table holds several lr per n_latents
-    (`analysis.optimal.optimal_learning_rates`); {"skipped": why} otherwise.
+    architecture and data setting), same convergence policy as L_N.
+  * ``allocation[group]``: Hoffmann et al. 2022's Approach 3, L(N, D) = E + A N^-alpha +
+    B D^-beta over every evaluation point, and n*(C) ~ C^(beta/(alpha+beta)) (D*(C) the
+    complement) (`analysis.optimal.chinchilla_allocation`).
+  * ``compute_optimal[group]``: the IsoFLOP-profile allocation (Approach 2):
+    n_latents*(C) and tokens*(C) (`analysis.optimal.compute_optimal_allocation`).
+  * ``lr_opt[group]``: lr*(n) = a n^(-alpha) where the table holds several lr per
+    n_latents (`analysis.optimal.optimal_learning_rates`); {"skipped": why} otherwise.
   * ``run_warnings``: {run_id: [warning, ...]} of the runs whose records carry warnings of
     the trainer (e.g. a silent sparsity knob, `sae_jax.training.diagnostics`); each is
     repeated here as a Python warning, since a point trained with a knob that did nothing
@@ -95,9 +128,9 @@ def fit_scaling_laws(records: Sequence[Mapping[str, Any]], *, loss_key: str = LO
     huber_delta: Huber threshold in log-loss units (Hoffmann et al. 2022: 1e-3).
 
   Returns:
-    A JSON-serialisable dict: {"loss", "settings", "convergence", "L_N", "L_C", "L_NK",
-    "compute_optimal", "lr_opt", "run_warnings", "n_records", "n_runs", "n_excluded",
-    "sweeps"}.
+    A JSON-serialisable dict: {"loss", "settings", "convergence", "L_N", "groups", "L_C",
+    "L_C_envelope", "L_NK", "allocation", "compute_optimal", "lr_opt", "run_warnings", "n_records",
+    "n_runs", "n_excluded", "sweeps"}.
 
   Raises:
     ConfigError: `records` is empty, `convergence` is not "include" / "exclude", or two
@@ -117,16 +150,17 @@ def fit_scaling_laws(records: Sequence[Mapping[str, Any]], *, loss_key: str = LO
   if n_excluded:
     warn_caller(f"leaving out {n_excluded} of {len(records)} records with a missing, "
                 f"non-finite or non-positive {loss_key}")
-  mixed = {(r.get("model"), r.get("layer"), r.get("d_in")) for r in records}
-  if len(mixed) > 1:
-    warn_caller(f"records mix {len(mixed)} (model, layer, d_in) combinations; fits pool "
-                f"them -- filter with model=..., layer=... for one law each")
   run_warnings = collect_run_warnings(records)
   for rid, msgs in run_warnings.items():
     for msg in msgs:
       warn_caller(f"run {rid}: {msg}")
+  multi_data = len({tuple(r.get(f) for f in DATA_SETTINGS) for r in records}) > 1
   archs = {r.get("architecture") for r in records}
   multi_arch = len(archs) > 1
+  groups_all = _groups(usable, multi_arch, multi_data)
+  if len(groups_all) > 1:
+    warn_caller(f"records mix {len(groups_all)} (architecture, k, data settings) groups: "
+                f"every law is fitted to each group separately ({', '.join(groups_all)})")
   fit_kw = {"n_bootstrap": n_bootstrap, "seed": seed, "huber_delta": huber_delta}
 
   table = convergence_lib.convergence_table(usable, loss_key=loss_key, rel_tol=rel_tol)
@@ -138,13 +172,13 @@ def fit_scaling_laws(records: Sequence[Mapping[str, Any]], *, loss_key: str = LO
   L_N = {}
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    for key, group in _groups(finals, multi_arch).items():
+    for key, group in _groups(finals, multi_arch, multi_data).items():
       group = sorted(group, key=lambda r: r["n_latents"])
       x = [float(r["n_latents"]) for r in group]
       y = [float(r[loss_key]) for r in group]
       bad = sorted({run_key(r)[1] for r in group if run_key(r) in unconverged})
       L_N[key] = {"k": group[0].get("k"), "architecture": group[0].get("architecture"),
-                  "n_runs": len(group), "unconverged": bad,
+                  "n_runs": len(group), "runs": _run_names(group), "unconverged": bad,
                   "power_law": _try(fit_law, "power_law", x, y, variables={"x": "n_latents"},
                                     **fit_kw),
                   "irreducible": _try(fit_law, "power_law_irreducible", x, y,
@@ -164,33 +198,44 @@ def fit_scaling_laws(records: Sequence[Mapping[str, Any]], *, loss_key: str = LO
                 f"{action} L(N) and L(n, k) -- see fits['convergence']")
 
   evals = [r for r in usable if is_usable(r, "flops")]
-  idx = compute_frontier([r["flops"] for r in evals], [r[loss_key] for r in evals])
-  frontier = [evals[i] for i in idx]
-  n_runs_c = len({run_key(r) for r in evals})
-  if n_runs_c < MIN_RUNS_L_C:
-    L_C = {"error": f"L(C) needs evaluation points of at least {MIN_RUNS_L_C} distinct runs, "
-                    f"got {n_runs_c}: a frontier of fewer runs is their training curves, not "
-                    f"a compute-efficient frontier; add runs of other n_latents"}
-  else:
-    L_C = _try(fit_law, "power_law", [r["flops"] for r in frontier],
-               [r[loss_key] for r in frontier], variables={"x": "flops"}, **fit_kw)
-  fields = ("sweep", "run_id", "n_latents", "k", "tokens", "step", "flops", loss_key)
-  L_C["frontier"] = [{f: r.get(f) for f in fields} for r in frontier]
-  L_C["n_eval_points"] = len(evals)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    L_C = {key: _frontier_fit(group, loss_key, **fit_kw)
+           for key, group in _groups(evals, multi_arch, multi_data).items()}
+    by_data: dict[str, list[Mapping[str, Any]]] = {}
+    for r in evals:
+      by_data.setdefault(_data_key(r, multi_arch, multi_data), []).append(r)
+    envelope = {}
+    for key, group in by_data.items():
+      if len({r.get("k") for r in group}) > 1:
+        envelope[key] = {"label": "best-over-k envelope: an extra, not a law at fixed k "
+                                  "(compute does not depend on k)",
+                         **_frontier_fit(group, loss_key, **fit_kw)}
+  _rewarn(caught)
+  if not L_C:
+    L_C["all"] = {"error": "no evaluation records with flops and a usable loss"}
 
   nk = [r for r in finals if is_usable(r, "k")]
-  if multi_arch:
-    L_NK = {"error": f"records mix architectures {sorted(map(str, archs))}; filter with "
-                     f"architecture=... to fit Eq. 3 to one"}
+  if multi_arch or multi_data:
+    L_NK = {"error": f"records mix architectures or data settings; filter with "
+                     f"architecture=..., layer=... to fit Eq. 3 to one"}
   else:
     L_NK = _try(fit_law, "joint_nk", {"n": [r["n_latents"] for r in nk],
                                       "k": [r["k"] for r in nk]},
                 [r[loss_key] for r in nk], variables={"n": "n_latents", "k": "k"}, **fit_kw)
 
-  compute_opt, lr_opt = {}, {}
-  for key, group in _groups(usable, multi_arch).items():
+  if "params" in L_NK:
+    L_NK["runs"] = _run_names(nk)
+  compute_opt, lr_opt, allocation = {}, {}, {}
+  for key, group in groups_all.items():
     compute_opt[key] = _try(optimal.compute_optimal_allocation, group, loss_key=loss_key,
                             **fit_kw)
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always")
+      allocation[key] = _try(optimal.chinchilla_allocation,
+                             [r for r in group if is_usable(r, "flops", "tokens", "n_latents")],
+                             loss_key=loss_key, **fit_kw)
+    _rewarn(caught)
     n_lrs = _lrs_per_n(group)
     if n_lrs < 3:
       lr_opt[key] = {"skipped": f"at most {n_lrs} learning rate(s) per n_latents; an lr "
@@ -204,8 +249,11 @@ def fit_scaling_laws(records: Sequence[Mapping[str, Any]], *, loss_key: str = LO
       "convergence": {"rule": convergence_lib.RULE.format(tol=rel_tol), "runs": table,
                       "n_unconverged": len(unconverged)},
       "L_N": L_N,
+      "groups": list(groups_all),
       "L_C": L_C,
+      "L_C_envelope": envelope,
       "L_NK": L_NK,
+      "allocation": allocation,
       "compute_optimal": compute_opt,
       "lr_opt": lr_opt,
       "run_warnings": run_warnings,
@@ -228,6 +276,31 @@ def collect_run_warnings(records: Sequence[Mapping[str, Any]]) -> dict[str, list
       if msg not in out.setdefault(key, []):
         out[key].append(msg)
   return out
+
+
+def _frontier_fit(evals: Sequence[Mapping[str, Any]], loss_key: str, *, n_bootstrap: int,
+                  seed: int, huber_delta: float) -> dict[str, Any]:
+  """L(C) on the frontier of one group's evaluation records (`fit_frontier_law`: a cluster
+  bootstrap over runs, the frontier recomputed per replicate), with the frontier points
+  and the runs used; {"error": why} when it cannot be fitted."""
+  runs = [run_key(r) for r in evals]
+  n_runs = len(set(runs))
+  fields = ("sweep", "run_id", "n_latents", "k", "tokens", "step", "flops", loss_key)
+  if n_runs < MIN_RUNS_L_C:
+    return {"error": f"L(C) needs evaluation points of at least {MIN_RUNS_L_C} distinct runs, "
+                     f"got {n_runs}: a frontier of fewer runs is their training curves, not "
+                     f"a compute-efficient frontier; add runs of other n_latents",
+            "runs": _run_names(evals)}
+  try:
+    fit, idx, _ = fit_frontier_law([r["flops"] for r in evals],
+                                         [r[loss_key] for r in evals], runs,
+                                         n_bootstrap=n_bootstrap, seed=seed,
+                                         huber_delta=huber_delta)
+  except ConfigError as e:
+    return {"error": str(e), "runs": _run_names(evals)}
+  return {**fit.to_dict(),
+          "frontier": [{f: evals[i].get(f) for f in fields} for i in idx],
+          "n_eval_points": len(evals), "runs": _run_names(evals)}
 
 
 def _rewarn(caught) -> None:

@@ -129,7 +129,7 @@ results table (`SAE_JAX_NOTEBOOK_RESULTS`, default the quickstart's), then all a
 import warnings
 import numpy as np
 from analysis import load_results
-from analysis.fitting import compute_frontier, fit_law
+from analysis.fitting import fit_frontier_law, fit_law
 from analysis.sweep_fits import fit_scaling_laws
 from analysis.convergence import RULE, convergence_table
 
@@ -171,17 +171,18 @@ for k in sorted({r["k"] for r in finals}):
         f"stderr {fit.stderr['alpha']}, {fit.n_points} points, note: {fit.note or '-'}")"""),
       new_markdown_cell("""\
 ## L(C) on the compute-efficient frontier (Gao et al. 2024, Fig. 1 left)
-The frontier is the lower envelope of every evaluation point of every run against
-training compute."""),
+The frontier is the lower envelope of every evaluation point of every run of one k against
+training compute (compute does not depend on k: pooling k would give the largest k's
+envelope). Its points are consecutive evaluations of a few runs, so the interval is
+cluster-robust over runs (`fit_frontier_law`)."""),
       new_code_cell("""\
-evals = [r for r in records if r["normalized_mse"] > 0]
-idx = compute_frontier([r["flops"] for r in evals], [r["normalized_mse"] for r in evals])
+k0 = sorted({r["k"] for r in records})[-1]
+evals = [r for r in records if r["normalized_mse"] > 0 and r["k"] == k0]
+L_C, idx, _ = fit_frontier_law([r["flops"] for r in evals], [r["normalized_mse"] for r in evals],
+                               [r["run_id"] for r in evals], n_bootstrap=N_BOOTSTRAP)
 frontier = [evals[i] for i in idx]
-L_C = fit_law("power_law", [r["flops"] for r in frontier],
-              [r["normalized_mse"] for r in frontier], variables={"x": "flops"},
-              n_bootstrap=N_BOOTSTRAP)
-print(f"{len(frontier)} frontier points of {len(evals)}: L(C) ~ C^-{L_C.params['alpha']:.4f}, "
-      f"95% CI {L_C.ci95['alpha']}")"""),
+print(f"k={k0}: {len(frontier)} frontier points of {len(evals)}: "
+      f"L(C) ~ C^-{L_C.params['alpha']:.4f}, 95% CI {L_C.ci95['alpha']} {L_C.no_interval}")"""),
       new_markdown_cell("""\
 ## The joint law L(n, k), Gao et al. 2024, Eq. 3
 L(n, k) = exp(alpha + beta_k log k + beta_n log n + gamma log k log n) + exp(zeta + eta log k).
@@ -318,8 +319,9 @@ L_N = first_fit(e for group in fits["nk"]["L_N"].values()
 if L_N is not None:
   show(plots.plot_extrapolation(L_N, os.path.join(FIG_DIR, "extrapolation_L_N"),
                                 xlabel="n_latents", title="L(N) extrapolated"), 420)
-if "params" in fits["frontier"]["L_C"]:
-  show(plots.plot_extrapolation(fits["frontier"]["L_C"], os.path.join(FIG_DIR, "extrapolation_L_C"),
+L_C = first_fit(fits["frontier"]["L_C"].values())
+if L_C is not None:
+  show(plots.plot_extrapolation(L_C, os.path.join(FIG_DIR, "extrapolation_L_C"),
                                 factor=100, xlabel="training compute (FLOPs)",
                                 title="L(C) extrapolated"), 420)
 print(sorted(os.listdir(FIG_DIR)))"""),

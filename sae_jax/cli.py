@@ -6,6 +6,8 @@
                     [--executor inline|local|slurm] [--group-size G] [--slurm KEY=VALUE ...]
     sae-jax export  RUN_DIR [--out DIR]
     sae-jax fit     RESULTS [--out DIR] [--filter k=32 ...]
+    sae-jax predict RESULTS --n-latents N --k K --tokens T
+    sae-jax plan    RESULTS --compute C [--k K] [--write FILE]
     sae-jax view    RUN_DIR [--out DIR] [--max-latents 512] [--max-contexts 1024]
     sae-jax steer   PATH --prompt TEXT --latent I --value V [--latent J --value W ...]
                     [--mode clamp|add] [--max-new-tokens 40] [--seed S]
@@ -183,6 +185,16 @@ def _fit(args) -> None:
   report.run(args)
 
 
+def _predict(args) -> None:
+  from analysis import forecast  # heavy: matplotlib, scipy
+  forecast.run_predict(args)
+
+
+def _plan(args) -> None:
+  from analysis import forecast  # heavy: matplotlib, scipy
+  forecast.run_plan(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="sae-jax", description="Sparse autoencoders on language-model activations, "
@@ -303,6 +315,21 @@ def build_parser() -> argparse.ArgumentParser:
   from analysis import report  # heavy: matplotlib, scipy
   report.add_arguments(p)
   p.set_defaults(fn=_fit)
+
+  from analysis import forecast  # heavy: matplotlib, scipy
+  p = sub.add_parser("predict", help="forecast the loss of one run from the fitted laws",
+                     description="Predicted normalized MSE of a run (n_latents, k, tokens) with "
+                     "its 95% prediction interval, from L(N, D) (Hoffmann et al. 2022, "
+                     "Approach 3) fitted to RESULTS; warns outside the fitted range.")
+  forecast.add_predict_arguments(p)
+  p.set_defaults(fn=_predict)
+
+  p = sub.add_parser("plan", help="propose the compute-optimal run at a compute budget",
+                     description="Compute-optimal (n_latents, tokens, lr) at C FLOPs from L(N, D) "
+                     "fitted to RESULTS, its predicted loss and 95% prediction interval; "
+                     "--write FILE writes it as a sweep file.")
+  forecast.add_plan_arguments(p)
+  p.set_defaults(fn=_plan)
   return parser
 
 

@@ -88,7 +88,7 @@ def _coverage(name, x, f, truth, trials, seed0):
   """Fraction of `trials` noisy draws (noise seeds seed0 + t) whose 95% interval holds the truth."""
   covered = {p: 0 for p in truth}
   for t in range(trials):
-    fit = fit_law(name, x, _noisy(f(x), seed=seed0 + t), n_bootstrap=100, seed=t, warn=False)
+    fit = fit_law(name, x, _noisy(f(x), seed=seed0 + t), n_bootstrap=0, seed=t, warn=False)
     for p, v in truth.items():
       lo, hi = fit.ci95[p]
       covered[p] += lo <= v <= hi
@@ -96,14 +96,13 @@ def _coverage(name, x, f, truth, trials, seed0):
   return {p: hits / trials for p, hits in covered.items()}
 
 
-def test_bootstrap_intervals_cover_the_truth_in_90_percent_of_trials():
-  """Repeated independent noisy draws (fixed seeds), 100 bootstrap refits each.
+def test_intervals_cover_the_truth_in_90_percent_of_trials():
+  """Repeated independent noisy draws (fixed seeds); the reported interval (t x sandwich
+  standard error; benchmarks/fit_coverage.py measures it over 200 replicates).
 
   L(N) with an irreducible term on 12 n_latents (50 trials), and an L(C)-like pure power
   law on 24 frontier points (100 trials). The growth law n*(C) = A C^b is the pure power
-  law with the exponent's sign flipped (the same linear model in log space). Measured
-  over 200 trials (B = 200): 98.5% for alpha of L(N) + c, 94% for a pure power law on 12
-  points, 96.5% on 24 points (B = 100).
+  law with the exponent's sign flipped (the same linear model in log space).
   """
   cov = _coverage("power_law_irreducible", N, lambda x: A * x**-ALPHA + C,
                   {"alpha": ALPHA, "c": C}, trials=50, seed0=100)
@@ -192,4 +191,5 @@ def test_bootstrap_is_seeded():
   a = fit_law("power_law_irreducible", N, y, n_bootstrap=50, seed=7)
   b = fit_law("power_law_irreducible", N, y, n_bootstrap=50, seed=7)
   c = fit_law("power_law_irreducible", N, y, n_bootstrap=50, seed=8)
-  assert a.ci95 == b.ci95 and a.ci95 != c.ci95
+  assert a.bootstrap == b.bootstrap and a.bootstrap != c.bootstrap  # the bands' refits
+  assert a.ci95 == c.ci95  # the reported interval is the t x sandwich one: no randomness

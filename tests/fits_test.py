@@ -135,7 +135,10 @@ def test_fit_scaling_laws_records_per_k_errors_instead_of_failing():
   assert "need at least 3 points" in fits["L_N"]["k=16"]["power_law"]["error"]
   assert fits["L_N"]["k=32"]["power_law"]["params"]["alpha"] > 0
   assert "params" in fits["L_N"]["k=32"]["irreducible"]
-  assert fits["L_C"]["params"]["alpha"] > 0 and len(fits["L_C"]["frontier"]) >= 3
+  # L(C) per k: compute does not depend on k, so k=16's two runs are not a frontier.
+  assert fits["L_C"]["k=32"]["params"]["alpha"] > 0 and len(fits["L_C"]["k=32"]["frontier"]) >= 3
+  assert "at least 3 distinct runs, got 2" in fits["L_C"]["k=16"]["error"]
+  assert fits["L_C"]["k=32"]["runs"] == [f"s/n{n}_k32" for n in (1024, 2048, 256, 512)]
   assert fits["n_records"] == len(records) and fits["sweeps"] == ["s"]
 
 

@@ -84,7 +84,7 @@ def test_notebooks_run_top_to_bottom_on_a_tiny_real_sweep(executed):
   out, done = executed
   assert (out / "tiny" / "results.jsonl").is_file() and (out / "tiny" / "fits.json").is_file()
   fits = json.loads((out / "tiny" / "fits.json").read_text())
-  assert fits["n_runs"] == 8 and "params" in fits["L_C"]
+  assert fits["n_runs"] == 8 and any("params" in e for e in fits["L_C"].values())
   for name, nb in done.items():
     images = sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
     assert images >= 1, f"{name} displayed no figure"

@@ -50,7 +50,8 @@ def test_fit_sweep_writes_fits_and_plots(tmp_path):
       f"{s}.{e}" for s in stems for e in ("png", "pdf"))  # no temp files left
   assert sorted(fits["plots"]) == sorted(f"plots/{s}.{e}" for s in stems for e in ("png", "pdf"))
   # Every law has a result or a one-line reason; the table's lr is fixed, so lr_opt is skipped.
-  assert "params" in fits["L_NK"] and fits["L_C"]["ci95"]["alpha"] is not None
+  assert "params" in fits["L_NK"] and set(fits["L_C"]) == {"k=16", "k=32"}
+  assert fits["groups"] == ["k=16", "k=32"] and set(fits["L_C_envelope"]) == {"all"}
   assert all("skipped" in v for v in fits["lr_opt"].values())
   assert fits["convergence"]["n_unconverged"] == 8  # 3 t^-0.3: still falling 19% per doubling
   assert set(fits["L_N"]) == {"k=16", "k=32"}
@@ -58,7 +59,7 @@ def test_fit_sweep_writes_fits_and_plots(tmp_path):
     assert entry["power_law"]["params"]["alpha"] > 0
     irr = entry["irreducible"]["params"]
     assert abs(irr["alpha"] / ALPHA_N - 1) < 0.25  # 4 points, 1% noise
-  assert fits["L_C"]["params"]["alpha"] > 0
+  assert all(e["params"]["alpha"] > 0 for e in fits["L_C"].values())
   assert fits["n_records"] == 40 and fits["n_runs"] == 8
 
 
@@ -258,6 +259,6 @@ def test_single_n_latents_has_no_L_C(tmp_path):
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     fits = fit_sweep(tmp_path / "results.jsonl", n_bootstrap=10)
-  assert "at least 3 distinct runs, got 1" in fits["L_C"]["error"]
+  assert "at least 3 distinct runs, got 1" in fits["L_C"]["k=32"]["error"]
   assert "need at least 3 points with distinct n_latents" in fits["L_N"]["k=32"]["power_law"]["error"]
   assert (tmp_path / "plots" / "loss_vs_compute.png").exists()

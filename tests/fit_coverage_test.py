@@ -1,0 +1,25 @@
+"""A fast version of benchmarks/fit_coverage.py: the intervals fits.json reports cover
+planted laws at about their nominal 95% (fewer replicates, so a wider tolerance)."""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+import fit_coverage  # noqa: E402
+
+
+@pytest.mark.parametrize("setting, replicates, lo", [
+    ("L(N) pure a=0.5, 8 n", 60, 0.85),
+    ("L(N) pure a=0.5, 4 n", 60, 0.80),
+    ("Eq. 3, 6 n x 5 k", 30, 0.80),
+    ("L(C) frontier, 6 runs", 40, 0.70),  # 87% over 200: biased by the frontier's steps
+])
+def test_reported_intervals_cover_planted_laws(setting, replicates, lo):
+  row = fit_coverage.coverage(setting, replicates, n_bootstrap=0, seed=1)
+  covered = [c for c in row["coverage"].values() if c is not None]
+  assert covered, row
+  assert all(lo <= c <= 1.0 for c in covered), fit_coverage.format_row(row)
+  # a too-wide interval would pass the line above: it must also be of the order of the error
+  assert row["se"] < 2.5 * row["rmse"], fit_coverage.format_row(row)
