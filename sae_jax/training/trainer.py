@@ -176,6 +176,9 @@ class _Run:
       self.check(*jax.device_get(self.pending))
       if done in self.evals:
         measured = evaluate(self.state, self.source, self.c)
+        # the evaluated state is the step's update, not yet checked: a diverged one stops
+        # here, before the evaluators (ground truth, the suite) see non-finite codes
+        self.check(done, {"loss": measured["normalized_mse"], **measured})
         for evaluator in self.evaluators:
           measured.update(evaluator(self.c, self.state, self.source))
         self.records.append(_record(self.c, self.info, self.d_in, done, measured,
