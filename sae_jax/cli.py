@@ -100,6 +100,8 @@ def _train(args) -> None:
   if not distributed.is_primary():
     return
   files.write_json_atomic(os.path.join(run_dir, "records.json"), records)
+  if os.path.exists(os.path.join(run_dir, trainer.FAILED)):
+    os.remove(os.path.join(run_dir, trainer.FAILED))  # an earlier failure, now retried
   last = records[-1]
   print(f"{run_dir}: normalized MSE {last['normalized_mse']:.4f}, L0 {last['l0']:.1f}, "
         f"dead {last['dead_fraction']:.3f} after {last['tokens']:,} tokens")

@@ -189,6 +189,9 @@ class _Run:
       self.check(*jax.device_get(self.pending))
       if done in self.evals:
         measured = evaluate(self.state, self.source, self.c)
+        # the evaluated state is the step's update, not yet checked: a diverged one stops
+        # here, before the evaluators (ground truth, the suite) see non-finite codes
+        self.check(done, {"loss": measured["normalized_mse"], **measured})
         for evaluator in self.evaluators:
           measured.update(evaluator(self.c, self.state, self.source))
         self.tracker.eval_point(done, measured)
