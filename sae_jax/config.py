@@ -241,7 +241,12 @@ _INPUT_NORMS = ("unit_norm", "mean_norm", "none")
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  """Check a config at the boundary, once. Raises ConfigError with a one-line fix."""
+  """Check a config at the boundary, once. Raises ConfigError with a one-line fix.
+
+  Fields left None for a recipe or default (`apply_recipe`) are checked as they will be
+  filled; c itself is not changed."""
+  c = ml_collections.ConfigDict(c.to_dict())
+  apply_recipe(c)
 
   def need(ok, msg):
     if not ok:
