@@ -30,6 +30,34 @@ from sae_jax.saes import sparse
 LOGGERS = ("tensorboard", "wandb")  # backends of run tracking (sae_jax.training.tracking)
 
 
+# train.* fields a recipe may set: the value when neither the config nor its recipe does.
+TRAIN_DEFAULTS = {
+    "adam_b1": 0.9,
+    "adam_b2": 0.999,
+    "adam_eps": 6.25e-10,  # Gao et al. 2024, Sec. 2.3
+    # Learning-rate schedule (`sae_jax.training.optimizer.SCHEDULES`): constant,
+    # warmup_constant, warmup_linear_decay (Conerly et al. 2024), warmup_cosine (Gemma
+    # Scope), wsd. A function of the step, so resume is exact.
+    "lr_schedule": "constant",
+    "lr_warmup_fraction": 0.0,  # warm-up as a fraction of the run's steps (or lr_warmup_steps)
+    "lr_decay_fraction": 0.2,  # decay phase of warmup_linear_decay / wsd (Conerly et al. 2024: last 20%)
+    "lr_final_fraction": 0.0,  # lr at the last step / peak lr (decaying schedules)
+    # Linear warm-up of the sparsity coefficient lambda from 0 (penalty architectures; the
+    # TopK family has none), as a fraction of the run (or sparsity_warmup_steps).
+    "sparsity_warmup_fraction": 0.0,
+    "max_grad_norm": 0.0,  # clip the gradient's global norm to this (0: off; Conerly et al. 2024: 1)
+    "aux_coef": 1 / 32,  # alpha of the AuxK loss (Gao et al. 2024, Sec. 2.4)
+    "dead_tokens": 10_000_000,  # a latent is dead after not firing for this many tokens
+    # a latent fires on a token when z > this (training counters and evaluation alike); 1e-3
+    # as OpenAI's reference code (`sae_jax.saes.base.Hyper.fired_threshold`)
+    "fired_threshold": 1e-3,
+    # Resample dead latents at these fractions of the run (Bricken et al. 2023;
+    # `sae_jax.training.resample`; or train.resample_steps). (): never.
+    "resample_fractions": (),
+}
+SAE_DEFAULTS = {"input_norm": "unit_norm"}
+
+
 def default_config() -> ml_collections.ConfigDict:
   """The defaults: a TopK SAE on SmolLM2-135M's middle-layer residual stream."""
   c = ml_collections.ConfigDict()
@@ -69,13 +97,19 @@ def default_config() -> ml_collections.ConfigDict:
   c.sae = ml_collections.ConfigDict()
   c.sae.architecture = "topk"  # see sae_jax.saes.names()
   c.sae.n_latents = 2**14
+  # A paper's training recipe, by name (`sae_jax.saes.recipe_names()`; each declared, with
+  # the source of every value, in its architecture's module): it fills every field below
+  # left at None (optimiser, schedules, lambda warm-up, input normalisation, init, dead-
+  # latent remedy); a field you set keeps your value. None: no recipe, the defaults.
+  c.sae.recipe = ml_collections.FieldReference(None, field_type=str)
   # Every architecture's own hyperparameters, declared (with defaults and sources) in its
   # module's Hyper: the sparsity knob (k for the TopK family, the penalty coefficient
-  # sparsity_coefficient for the others; None: the architecture's default; setting the one
-  # that does not apply is an error), multi_topk, threshold_momentum, prefixes,
-  # target_activation, bandwidth, initial_threshold, ...
-  for name, (default, kind) in saes.config_fields().items():
-    c.sae[name] = ml_collections.FieldReference(default, field_type=kind)
+  # sparsity_coefficient for the others; setting the one that does not apply is an error),
+  # multi_topk, threshold_momentum, prefixes, target_activation, bandwidth,
+  # initial_threshold, ... None: the recipe's value, else the architecture's default
+  # (`resolve` fills them).
+  for name, (_, kind) in saes.config_fields().items():
+    c.sae[name] = ml_collections.FieldReference(None, field_type=kind)
   # Input normalisation applied to every activation before the SAE sees it:
   #   "unit_norm" -- subtract the mean over d_in, scale to unit L2 norm, per token
   #                  (Gao et al. 2024, Sec. 2.1);
@@ -83,7 +117,8 @@ def default_config() -> ml_collections.ConfigDict:
   #   "none".
   # sae.input_scale (declared in sae_jax.saes.base.Hyper): the unit of the penalty
   # knobs, JumpReLU's bandwidth and initial threshold; None: measured by `resolve`.
-  c.sae.input_norm = "unit_norm"
+  # None: the recipe's, else "unit_norm" (`SAE_DEFAULTS`).
+  c.sae.input_norm = ml_collections.FieldReference(None, field_type=str)
   c.sae.geometric_median_samples = 16_384  # tokens used to initialise b_pre
 
   c.train = ml_collections.ConfigDict()
@@ -91,27 +126,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.token_budget = ml_collections.FieldReference(None, field_type=int)  # None: n_train_tokens
   c.train.lr = ml_collections.FieldReference(None, field_type=float)  # None: lr_scale * default_lr(n_latents, token_budget)
   c.train.lr_scale = 1.0  # multiplies the default lr rule (keeps its dependence on n and D)
-  c.train.adam_b1 = 0.9
-  c.train.adam_b2 = 0.999
-  c.train.adam_eps = 6.25e-10  # Gao et al. 2024, Sec. 2.3
-  # Learning-rate schedule (`sae_jax.training.optimizer.SCHEDULES`): constant,
-  # warmup_constant, warmup_linear_decay (Conerly et al. 2024), warmup_cosine (Gemma
-  # Scope), wsd. A function of the step, so resume is exact.
-  c.train.lr_schedule = "constant"
+  # The fields of TRAIN_DEFAULTS (optimiser, schedules, warm-ups, AuxK, dead latents):
+  # None until `resolve` fills them from the recipe (sae.recipe), else TRAIN_DEFAULTS.
+  for name, default in TRAIN_DEFAULTS.items():
+    c.train[name] = ml_collections.FieldReference(None, field_type=type(default))
   c.train.lr_warmup_steps = ml_collections.FieldReference(None, field_type=int)  # None: from the fraction
-  c.train.lr_warmup_fraction = 0.0  # warm-up as a fraction of the run's steps
-  c.train.lr_decay_fraction = 0.2  # decay phase of warmup_linear_decay / wsd (Conerly et al. 2024: last 20%)
-  c.train.lr_final_fraction = 0.0  # lr at the last step / peak lr (decaying schedules)
-  # Linear warm-up of the sparsity coefficient lambda from 0 (penalty architectures; the
-  # TopK family has no penalty): Conerly et al. 2024 over the first 5% of training.
   c.train.sparsity_warmup_steps = ml_collections.FieldReference(None, field_type=int)  # None: from the fraction
-  c.train.sparsity_warmup_fraction = 0.0
+  c.train.resample_steps = ml_collections.FieldReference(None, field_type=tuple)  # None: from the fractions
   c.train.k_aux = ml_collections.FieldReference(None, field_type=int)  # None: power of two near d_in / 2
-  c.train.aux_coef = 1 / 32  # alpha of the AuxK loss (Gao et al. 2024, Sec. 2.4)
-  c.train.dead_tokens = 10_000_000  # a latent is dead after not firing for this many tokens
-  # a latent fires on a token when z > this (training counters and evaluation alike); 1e-3
-  # as OpenAI's reference code (`sae_jax.saes.base.Hyper.fired_threshold`)
-  c.train.fired_threshold = 1e-3
   c.train.n_eval_points = 8  # log-spaced evaluation points over the token budget
   c.train.first_eval_fraction = 1 / 64  # first evaluation at this fraction of the budget
   c.train.checkpoint_every_steps = 100
@@ -198,6 +220,7 @@ def resolve(c: ml_collections.ConfigDict, d_in: int | None = None, stats: dict |
     ConfigError: a value is out of range; the message names it and says what to change.
   """
   c = ml_collections.ConfigDict(c.to_dict())  # deep copy, references flattened
+  apply_recipe(c)
   validate(c)
   arch = saes.get(c.sae.architecture)
   other = "sparsity_coefficient" if arch.knob == "k" else "k"
@@ -225,6 +248,15 @@ def resolve(c: ml_collections.ConfigDict, d_in: int | None = None, stats: dict |
     if c.train[key] > n_steps:
       raise ConfigError(f"train.{key}={c.train[key]} is longer than the run ({n_steps} steps of "
                         f"{c.train.batch_size} tokens); shorten it or raise train.token_budget")
+  if c.train.resample_steps is None:
+    c.train.resample_steps = tuple(sorted({int(round(f * n_steps)) for f in c.train.resample_fractions}))
+  c.train.resample_steps = tuple(int(s) for s in c.train.resample_steps)
+  if any(not 0 < s < n_steps for s in c.train.resample_steps):
+    raise ConfigError(f"train.resample_steps={c.train.resample_steps} must lie inside the run "
+                      f"(1..{n_steps - 1}); check train.resample_fractions")
+  if c.train.resample_steps and saes.get(c.sae.architecture).knob == "k":
+    raise ConfigError(f"train.resample_fractions: resampling is for the penalty architectures; "
+                      f"{c.sae.architecture} revives dead latents with AuxK (train.k_aux)")
   if d_in is not None and c.train.k_aux is None:
     c.train.k_aux = min(default_k_aux(d_in), c.sae.n_latents)
   if d_in is not None and stats is not None and c.sae.input_scale is None:
@@ -234,11 +266,42 @@ def resolve(c: ml_collections.ConfigDict, d_in: int | None = None, stats: dict |
   return c
 
 
+def apply_recipe(c: ml_collections.ConfigDict) -> None:
+  """Fill, in place, every recipe-settable field still None: from the recipe sae.recipe
+  names (`sae_jax.saes.recipe`), else from TRAIN_DEFAULTS / SAE_DEFAULTS / the
+  architecture's declared defaults. A field the config sets keeps its value.
+
+  Raises ConfigError: unknown recipe (the message lists the known ones), or a recipe of
+  another architecture."""
+  name = c.sae.get("recipe")
+  settings = {}
+  if name:
+    arch_name, settings = saes.recipe(name)
+    if c.sae.architecture != arch_name:
+      raise ConfigError(f"sae.recipe={name!r} is a recipe for {arch_name}, not "
+                        f"{c.sae.architecture}; set sae.architecture={arch_name} or choose one "
+                        f"of {', '.join(saes.recipe_names(c.sae.architecture)) or 'none'}")
+  arch = saes.get(c.sae.architecture)
+  own = {f"sae.{f.name}": f.default for f in arch.fields() if f.name != arch.knob}
+  defaults = {**{f"train.{k}": v for k, v in TRAIN_DEFAULTS.items()},
+              **{f"sae.{k}": v for k, v in SAE_DEFAULTS.items()}, **own}
+  for key in dict.fromkeys([*settings, *defaults]):
+    group, field = key.split(".", 1)
+    if c[group].get(field) is None:
+      value = settings[key] if key in settings else defaults[key]
+      c[group][field] = tuple(value) if isinstance(value, list) else value
+
+
 _INPUT_NORMS = ("unit_norm", "mean_norm", "none")
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  """Check a config at the boundary, once. Raises ConfigError with a one-line fix."""
+  """Check a config at the boundary, once. Raises ConfigError with a one-line fix.
+
+  Fields left None for a recipe or default (`apply_recipe`) are checked as they will be
+  filled; c itself is not changed."""
+  c = ml_collections.ConfigDict(c.to_dict())
+  apply_recipe(c)
 
   def need(ok, msg):
     if not ok:

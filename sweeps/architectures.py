@@ -23,6 +23,13 @@ normalized MSE measures the structure beyond that direction); set it to None to 
 architecture its paper's normalisation instead (and then compare curves within one
 normalisation only).
 
+Recipes. Every point trains with its architecture's paper recipe (`sae.recipe`, the first
+of `Architecture.recipes`: optimiser, lr schedule, lambda warm-up, dead-latent remedy;
+README "Recipes"), except for what this file sets for every point (input normalisation,
+lr, token budget, dead_tokens from the quickstart); kl has none. `sweeps/
+architectures_defaults.py` is the same sweep with no recipe (every architecture on the
+shared defaults: constant lr, Adam 0.9 / 0.999, no warm-ups), for comparison.
+
 The lambda grids are chosen so that L0 spans roughly the range of k in {8, 16, 32, 64};
 they come from short calibration runs (n_latents 1024, 300 steps, on the first 65k tokens
 of the cache), so the L0 of the full runs can be off by a factor of ~2; widen a grid if its
@@ -41,6 +48,7 @@ from sae_jax import saes
 from sweeps import quickstart
 
 N_LATENTS = 512
+USE_RECIPES = True  # False: every architecture on the shared defaults (architectures_defaults.py)
 COMMON_INPUT_NORM = "unit_norm"  # None: each architecture's paper's (Architecture.input_norm)
 # Each architecture declares its own zoo grid (four knob values, high to low sparsity, per
 # input_norm; `Architecture.zoo_grid`) and the settings a short run needs beyond the knob
@@ -64,6 +72,9 @@ def get_sweep():
     name = arch.name
     norm = COMMON_INPUT_NORM or arch.input_norm
     extra = dict(arch.zoo_overrides.get(norm, {}))
+    recipe = saes.default_recipe(name) if USE_RECIPES else None
+    if recipe:
+      extra["sae.recipe"] = recipe
     for value in arch.zoo_grid[norm]:
       points.append({"sae.architecture": name, "sae.input_norm": norm,
                      f"sae.{arch.knob}": value, **extra})

@@ -448,3 +448,33 @@ def test_a_latent_fires_above_the_threshold_only(name):
       z_train = np.asarray(batchtopk.batch_topk(batchtopk.pre_activations(params, x), 4))
     np.testing.assert_array_equal(np.asarray(out.fired_N), np.any(z_train > threshold, axis=0))
     assert float(out.l0) == pytest.approx(np.mean(np.sum(z_train != 0, axis=-1)))
+
+
+def test_jumprelu_tanh_penalty_and_preact_loss_by_hand():
+  """Conerly et al. 2025: lambda · mean_b sum_i tanh(c z_i ||W_dec,i||) and preact_coef ·
+  mean_b sum_{i dead} ReLU(theta_i - pre_i) ||W_dec,i||, computed in numpy."""
+  arch = saes.get("jumprelu")
+  hp = _hp(arch, penalty="tanh", tanh_c=4.0, preact_coef=0.3, initial_threshold=0.2)
+  params = arch.init(jax.random.PRNGKey(0), D, N, None, hp)
+  params["W_dec"] = params["W_dec"] * jnp.linspace(0.5, 2.0, N)[:, None]  # unequal norms
+  x, dead = _x(), jnp.arange(N) % 3 == 0
+  out = arch.loss(params, x, {}, hp, variance=2.0, dead_N=dead)
+  P = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  X = np.asarray(x, np.float64)
+  pre = X @ P["W_enc"] + P["b_enc"]
+  theta = np.exp(P["log_threshold"])
+  z = np.where(pre > theta, pre, 0)
+  norms = np.linalg.norm(P["W_dec"], axis=-1)
+  nmse = np.sum((X - z @ P["W_dec"] - P["b_pre"]) ** 2) / (B * 2.0)
+  tanh = np.mean(np.sum(np.tanh(4.0 * z * norms), axis=-1))
+  preact = np.mean(np.sum(np.where(np.asarray(dead), np.maximum(theta - pre, 0) * norms, 0), axis=-1))
+  assert float(out.sparsity_loss) == pytest.approx(0.05 * tanh, rel=1e-5)
+  assert float(out.aux_loss) == pytest.approx(preact, rel=1e-5)
+  assert float(out.loss) == pytest.approx(nmse + 0.05 * tanh + 0.3 * preact, rel=1e-5)
+  # the pre-activation loss raises the dead latents' pre-activations only
+  g = jax.grad(lambda p: jumprelu.preact_loss(
+      jumprelu.pre_activations(p, x), jumprelu.threshold(p), jnp.ones((N,)), dead))(params)
+  assert np.all(np.asarray(g["b_enc"])[~np.asarray(dead)] == 0)
+  assert np.all(np.asarray(g["b_enc"])[np.asarray(dead)] <= 0) and np.any(np.asarray(g["b_enc"]) < 0)
+  with pytest.raises(config.ConfigError, match="sae.penalty='l1' must be"):
+    arch.make_hyper({"penalty": "l1"}, n_latents=N)

@@ -51,3 +51,38 @@ def test_overrides_parse_literals():
       "sae.k": 8, "train.lr": 1e-3, "data.corpus": "a.txt"}
   with pytest.raises(config.ConfigError, match="not key=value"):
     overrides.parse(["sae.k"])
+
+
+def test_a_recipe_fills_what_the_config_leaves_unset_and_overrides_win():
+  c = config.resolve(_cfg(**{"sae.architecture": "jumprelu", "sae.recipe": "gemmascope2024",
+                             "sae.input_norm": "unit_norm", "train.adam_eps": 1e-6}), d_in=576)
+  assert c.train.adam_b1 == 0.0 and c.train.adam_b2 == 0.999  # Gemma Scope's Adam
+  assert c.train.lr_schedule == "warmup_cosine" and c.train.sparsity_warmup_fraction == 0.01
+  assert c.sae.input_norm == "unit_norm" and c.train.adam_eps == 1e-6  # the user's values
+  # no recipe: the defaults, the architecture's own included
+  d = config.resolve(_cfg(**{"sae.architecture": "jumprelu"}), d_in=576)
+  assert (d.train.adam_b1, d.train.lr_schedule, d.sae.input_norm) == (0.9, "constant", "unit_norm")
+  assert d.sae.initial_threshold == 1e-3 and d.sae.penalty == "l0"
+  # the recipe changes the step's hyperparameters
+  t = config.resolve(_cfg(**{"sae.architecture": "jumprelu", "sae.recipe": "conerly2025"}))
+  assert step.hyper(t).penalty == "tanh" and step.hyper(t).tanh_c == 4.0
+  assert t.train.max_grad_norm == 1.0
+
+
+def test_every_recipe_resolves_for_its_architecture():
+  for name in config.saes.recipe_names():
+    arch, settings = config.saes.recipe(name)
+    c = config.resolve(_cfg(**{"sae.architecture": arch, "sae.recipe": name}), d_in=576)
+    for key, value in settings.items():
+      group, field = key.split(".")
+      assert c[group][field] == (tuple(value) if isinstance(value, list) else value), (name, key)
+
+
+@pytest.mark.parametrize("kv, message", [
+    ({"sae.recipe": "gao2025"}, "unknown recipe 'gao2025'; known: bricken2023, .*gao2024, gemmascope2024, .*templeton2024"),
+    ({"sae.recipe": "templeton2024"}, "is a recipe for relu_l1, not topk; set sae.architecture=relu_l1"),
+])
+def test_bad_recipes_are_one_line_errors(kv, message):
+  with pytest.raises(config.ConfigError, match=message) as e:
+    config.resolve(_cfg(**kv))
+  assert "\n" not in str(e.value)

@@ -78,7 +78,9 @@ def toy():
 def test_toy_architecture_joins_the_config_and_the_registry(toy):
   assert toy.name in saes.names() and saes.get(toy.name) is toy
   c = config.default_config()
-  assert c.sae.toy_shrink == 0.0  # declared once, in the module above
+  assert c.sae.toy_shrink is None  # a field of the sae block, filled by resolve...
+  own = config.resolve(overrides.apply(c, {"sae.architecture": toy.name}), 16)
+  assert own.sae.toy_shrink == 0.0  # ...with the default declared once, in the module above
   c = overrides.apply(c, {"sae.architecture": toy.name, "sae.toy_shrink": 0.25})
   r = config.resolve(c, 16)
   assert r.sae.k == 8  # the toy's own default for the knob

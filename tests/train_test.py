@@ -118,12 +118,16 @@ def _interrupted_and_resumed(c, source, run_dir, stop_after=6):
 
 
 def test_resume_mid_warmup_is_bitwise_equal(tmp_path):
-  """lr warm-up + decay and a lambda warm-up are functions of the step: a run resumed
-  from step 4, inside both warm-ups, ends bitwise equal to an uninterrupted one."""
+  """lr warm-up + decay, a lambda warm-up and dead-latent resampling are functions of the
+  step: a run resumed from step 4, inside both warm-ups and before a resampling, ends
+  bitwise equal to an uninterrupted one."""
   source = _source()
+  # lambda 10 kills latents: one is resampled after step 12 (a latent is dead after a
+  # batch without firing)
   c = _config(n_devices=1, lr_schedule="warmup_linear_decay", lr_warmup_steps=10,
-              lr_decay_fraction=0.25, sparsity_warmup_steps=12)
-  c.sae.architecture, c.sae.k, c.sae.n_latents = "relu_l1", None, 64
+              lr_decay_fraction=0.25, sparsity_warmup_steps=4, resample_steps=(12, 14),
+              dead_tokens=256)
+  c.sae.architecture, c.sae.k, c.sae.n_latents, c.sae.sparsity_coefficient = "relu_l1", None, 128, 10.0
   full = trainer.train(c, source, str(tmp_path / "full"), progress=False)
   resumed = _interrupted_and_resumed(c, source, str(tmp_path / "part"))
   strip = lambda rs: [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rs]
@@ -132,8 +136,9 @@ def test_resume_mid_warmup_is_bitwise_equal(tmp_path):
   sb, _ = checkpoint.Checkpointer(str(tmp_path / "part" / "checkpoints")).restore_untyped(16)
   jax.tree.map(np.testing.assert_array_equal, sa, sb)
   # the schedules were live: the same run at constant lr and lambda ends elsewhere
-  plain = _config(n_devices=1)
-  plain.sae.architecture, plain.sae.k, plain.sae.n_latents = "relu_l1", None, 64
+  plain = _config(n_devices=1, dead_tokens=256)
+  plain.sae.architecture, plain.sae.k, plain.sae.n_latents = "relu_l1", None, 128
+  plain.sae.sparsity_coefficient = 10.0
   other = trainer.train(plain, source, str(tmp_path / "plain"), progress=False)
   assert other[-1]["normalized_mse"] != full[-1]["normalized_mse"]
 

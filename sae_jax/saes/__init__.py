@@ -20,8 +20,8 @@ What it may import: jax, numpy and, of sae_jax, only `sae_jax.errors` and `sae_j
 """
 
 from sae_jax.saes.base import Architecture, Hyper, Output, Params
-from sae_jax.saes.registry import (architectures, config_fields, get, names, register,
-                                   unregister)
+from sae_jax.saes.registry import (architectures, config_fields, default_recipe, get, names,
+                                   recipe, recipe_names, register, unregister)
 
-__all__ = ["Architecture", "Hyper", "Output", "Params", "architectures", "config_fields", "get",
-           "names", "register", "unregister"]
+__all__ = ["Architecture", "Hyper", "Output", "Params", "architectures", "config_fields",
+           "default_recipe", "get", "names", "recipe", "recipe_names", "register", "unregister"]

@@ -134,6 +134,10 @@ class Architecture:
   zoo_overrides: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
   # Checks of its own hyperparameters beyond their types; raises ConfigError.
   validate: Callable[[Hyper], None] | None = None
+  # Its papers' training recipes: name -> {dotted config key: value} (`sae.recipe`; the
+  # values fill the fields a config leaves None, `sae_jax.config.apply_recipe`), each value
+  # with its source in a comment where declared. The first is the one the zoo sweep uses.
+  recipes: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
   def fields(self) -> tuple[Field, ...]:
     """The hyperparameters this architecture declares (its Hyper fields beyond the base

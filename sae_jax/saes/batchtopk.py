@@ -186,10 +186,27 @@ ENCODE_FORMULA = ("z = ReLU(pre) * 1[pre > threshold], pre = W_enc^T (x - b_pre)
                   "negative threshold (never set) keeps every positive pre-activation "
                   "(Bussmann et al. 2024, Sec. 3)")
 
+# Recipes (`sae.recipe`), in this codebase's config keys; k is the sweep's knob and the lr
+# follows `sae_jax.config.default_lr` (their code: a constant 3e-4).
+RECIPES = {
+    # Bussmann et al. 2024 and their code (bartbussmann/BatchTopK, config.py defaults)
+    "bussmann2024": {
+        "sae.input_norm": "unit_norm",  # input_unit_norm = True
+        "train.adam_b1": 0.9,  # beta1 = 0.9, beta2 = 0.99
+        "train.adam_b2": 0.99,
+        "train.lr_schedule": "constant",
+        "train.aux_coef": 1 / 32,  # aux_penalty = 1/32 (top_k_aux 512: config.default_k_aux)
+        # n_batches_to_dead = 5 batches of 4096 tokens
+        "train.dead_tokens": 5 * 4096,
+        "train.fired_threshold": 0.0,  # a latent is active where its activation is > 0
+    },
+}
+
 ARCH = base.Architecture(
     name="batchtopk", hyper=Hyper, knob="k", unit_norm_decoder=True, init=init,
     init_extras=init_extras, encode=encode, decode=decode, loss=loss,
     paper="Bussmann et al. 2024, BatchTopK sparse autoencoders", input_norm="unit_norm",
     sparse_step=True, encode_formula=ENCODE_FORMULA,
     # ReLU(pre) * 1[pre > theta] with one theta for every latent is SAELens' JumpReLU
-    saelens=("jumprelu", True), zoo_grid=topk.ARCH.zoo_grid, validate=topk.validate)
+    saelens=("jumprelu", True), zoo_grid=topk.ARCH.zoo_grid, validate=topk.validate,
+    recipes=RECIPES)

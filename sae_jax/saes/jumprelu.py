@@ -21,9 +21,22 @@ penalty trains only the thresholds, the reconstruction trains everything.
 
 Recipe (Rajamanoharan et al. 2024b, Sec. 5 and App.; Lieberum et al. 2024, Gemma Scope,
 Sec. 3): tied init with unit-norm decoder rows (W_enc = W_dec^T), b_enc = 0, every
-threshold at theta_0; decoder rows kept at unit norm. Not reproduced: their linear warm-up
-of lambda and Adam beta1 = 0 (the trainer's optimiser is shared). b_pre starts at the
-trainer's geometric median (theirs: zero).
+threshold at theta_0; decoder rows kept at unit norm; inputs scaled by one constant (Gemma
+Scope: to unit mean squared norm); Adam beta1 = 0 and a linear warm-up of lambda: the
+recipe "gemmascope2024" (`RECIPES`). b_pre starts at the trainer's geometric median
+(theirs: zero).
+
+Anthropic's variant (Conerly et al. 2025, "Circuits updates, January 2025"; recipe
+"conerly2025", `Hyper.penalty = "tanh"`): the L0 penalty becomes a tanh of each latent's
+decoder-norm-weighted activation, and dead latents get a pre-activation loss that pulls
+their pre-activations up towards the threshold:
+
+    sparsity = lambda · mean_b sum_i tanh(c · z_i · ||W_dec,i||)          (c = tanh_c = 4)
+    preact   = preact_coef · mean_b sum_{i dead} ReLU(theta_i - pre_i) · ||W_dec,i||
+
+The tanh term reaches theta through the JumpReLU's straight-through gradient (Eq. 11).
+c and preact_coef are in the units of Anthropic's inputs (mean norm sqrt(d_in), the
+recipe's input_norm), not in units of s.
 
 Units, and why (scale-aware bandwidth). epsilon and theta_0 are lengths in pre-activation
 space: the straight-through gradient reaches a threshold only through pre-activations
@@ -55,6 +68,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from sae_jax.errors import ConfigError
 from sae_jax.saes import base
 
 Params = base.Params
@@ -75,6 +89,13 @@ class Hyper(base.Hyper):
   # to the scale of the pre-activations (~0.1 s); 0.05 starts it near there, so a run of
   # a few thousand steps sees the knob act (the zoo's calibration started at 0.05 too).
   initial_threshold: float = 0.05
+  # "l0": lambda · L0 (Rajamanoharan et al. 2024b); "tanh": lambda · sum tanh(c z ||W_dec||)
+  # plus the pre-activation loss on dead latents (Conerly et al. 2025; module docstring)
+  penalty: str = "l0"
+  tanh_c: float = 4.0  # c of the tanh penalty (Conerly et al. 2025)
+  # weight of the pre-activation loss on dead latents, our units (Conerly et al. 2025: 3e-6
+  # on their unnormalised loss; divide by the variance, as lambda); 0: off
+  preact_coef: float = 0.0
 
 
 def init(key: jax.Array, d_in: int, n_latents: int, b_pre_D: jax.Array | None = None,
@@ -180,24 +201,105 @@ def loss(params: Params, x_BxD: jax.Array, extras, hp: base.Hyper, *,
     hp: `Hyper` with sparsity_coefficient (lambda), bandwidth (epsilon / s) and input_scale
       (s).
     variance: E||x - E x||^2, so the reconstruction term is the normalized MSE.
-    dead_N: unused (the L0 STE, not AuxK, revives latents).
+    dead_N: bool [n_latents], the dead latents (only the "tanh" penalty's pre-activation
+      loss uses them; the L0 STE, not AuxK, revives latents).
+
+  With hp.penalty = "tanh" (Conerly et al. 2025): sparsity_loss = lambda · tanh penalty
+  (`tanh_penalty`), aux_loss = the pre-activation loss on the dead latents dead_N
+  (`preact_loss`, unweighted), loss = nmse + sparsity_loss + preact_coef · aux_loss.
 
   Returns:
     `base.Output`; sparsity_loss = lambda · L0 (L0 = mean over tokens of active latents).
+
+  Raises:
+    ValueError: hp.penalty is neither "l0" nor "tanh".
   """
-  del dead_N
   pre_BxN = pre_activations(params, x_BxD)
   theta_N = threshold(params)
   eps = bandwidth(hp)
   z_BxN = jumprelu(pre_BxN, theta_N, eps)
   x_hat_BxD = decode(params, z_BxN)
   nmse = base.normalized_mse(x_BxD, x_hat_BxD, variance)
-  l0_penalty = jnp.mean(jnp.sum(step(pre_BxN, theta_N, eps), axis=-1))
-  sparsity = hp.sparsity_coefficient * l0_penalty
+  aux = jnp.zeros((), jnp.float32)
+  if hp.penalty == "l0":
+    penalty = jnp.mean(jnp.sum(step(pre_BxN, theta_N, eps), axis=-1))
+  elif hp.penalty == "tanh":
+    norms_N = jnp.linalg.norm(params["W_dec"], axis=-1)
+    penalty = tanh_penalty(z_BxN, norms_N, hp.tanh_c)
+    if dead_N is not None and hp.preact_coef > 0:
+      aux = preact_loss(pre_BxN, theta_N, norms_N, dead_N)
+  else:
+    raise ValueError(f"sae.penalty={hp.penalty!r} must be 'l0' or 'tanh'")
+  sparsity = hp.sparsity_coefficient * penalty
   fired_N, l0 = base.stats(z_BxN, hp.fired_threshold)
-  return base.Output(nmse + sparsity, nmse, sparsity, jnp.zeros((), jnp.float32), fired_N, l0,
+  return base.Output(nmse + sparsity + hp.preact_coef * aux, nmse, sparsity, aux, fired_N, l0,
                     extras)
 
+
+def tanh_penalty(z_BxN: jax.Array, norms_N: jax.Array, c: float) -> jax.Array:
+  """mean over tokens of sum_i tanh(c · z_i · ||W_dec,i||) (Conerly et al. 2025),
+  unweighted by lambda. z_BxN [B, n_latents] (JumpReLU outputs), norms_N [n_latents]."""
+  return jnp.mean(jnp.sum(jnp.tanh(c * z_BxN * norms_N), axis=-1))
+
+
+def preact_loss(pre_BxN: jax.Array, theta_N: jax.Array, norms_N: jax.Array,
+                dead_N: jax.Array) -> jax.Array:
+  """mean over tokens of sum over dead latents of ReLU(theta_i - pre_i) · ||W_dec,i||
+  (Conerly et al. 2025's pre-activation loss), unweighted: it raises the pre-activations
+  of latents that have stopped firing. dead_N [n_latents] bool."""
+  gap_BxN = jax.nn.relu(theta_N - pre_BxN) * norms_N
+  return jnp.mean(jnp.sum(jnp.where(dead_N, gap_BxN, 0.0), axis=-1))
+
+
+def validate(hp: Hyper) -> None:
+  """Raise ConfigError for an unknown penalty or a negative pre-activation coefficient."""
+  if hp.penalty not in ("l0", "tanh"):
+    raise ConfigError(f"sae.penalty={hp.penalty!r} must be 'l0' (Rajamanoharan et al. 2024b) "
+                      "or 'tanh' (Conerly et al. 2025)")
+  if hp.preact_coef < 0 or hp.tanh_c <= 0:
+    raise ConfigError(f"sae.preact_coef={hp.preact_coef} must be >= 0 and sae.tanh_c="
+                      f"{hp.tanh_c} > 0")
+
+
+# Recipes (`sae.recipe`): values in this codebase's config keys; lambda itself is the
+# sweep's knob. Runs here are far shorter than the papers', so warm-ups given in steps
+# there are fractions of the run here (the papers' steps over their ~1M-step runs).
+RECIPES = {
+    # Lieberum et al. 2024 (Gemma Scope, Sec. 4) and Rajamanoharan et al. 2024b (App.)
+    "gemmascope2024": {
+        "sae.input_norm": "mean_norm",  # inputs scaled so E||x||^2 ~ d_in
+        "train.adam_b1": 0.0,  # Adam beta1 = 0
+        "train.adam_b2": 0.999,
+        "train.adam_eps": 1e-8,
+        # lr warm-up then cosine decay (issue 14's reading of Gemma Scope): a 1,000-step
+        # warm-up of ~1M steps
+        "train.lr_schedule": "warmup_cosine",
+        "train.lr_warmup_fraction": 1e-3,
+        "train.sparsity_warmup_fraction": 1e-2,  # lambda from 0 over the first 10,000 steps
+        # epsilon and theta_0 in units of s (module docstring): Gemma Scope's 1e-3 at unit
+        # mean squared norm, the same setting at any input_norm
+        "sae.bandwidth": 1e-3,  # epsilon (Rajamanoharan et al. 2024b)
+        "sae.initial_threshold": 1e-3,  # theta_0 (Lieberum et al. 2024)
+        "sae.penalty": "l0",
+    },
+    # Conerly et al. 2025 (Circuits updates, January 2025): tanh penalty and pre-activation
+    # loss; optimiser and schedules kept from their April 2024 recipe (relu_l1's
+    # "templeton2024"), which the update does not say it changed.
+    "conerly2025": {
+        "sae.input_norm": "mean_norm",
+        "sae.penalty": "tanh",
+        "sae.tanh_c": 4.0,  # c = 4
+        # 3e-6 on their unnormalised loss; ours divides by the variance (~ d_in = 576 for
+        # SmolLM2 with mean_norm inputs): 3e-6 / 576
+        "sae.preact_coef": 3e-6 / 576,
+        "train.adam_b1": 0.9,
+        "train.adam_b2": 0.999,
+        "train.lr_schedule": "warmup_linear_decay",  # lr to 0 over the last 20%
+        "train.lr_decay_fraction": 0.2,
+        "train.sparsity_warmup_fraction": 0.05,  # lambda from 0 over the first 5%
+        "train.max_grad_norm": 1.0,  # gradient norm clipped at 1
+    },
+}
 
 ARCH = base.Architecture(
     name="jumprelu", hyper=Hyper, knob="sparsity_coefficient", unit_norm_decoder=True,
@@ -212,4 +314,5 @@ ARCH = base.Architecture(
     # kept below; that calibration's absolute bandwidth 1e-3 ~ 4e-5 s is now 1e-3 s, so
     # its L0s may shift: not re-run). lambda multiplies an L0, so it has no input unit.
     zoo_grid={"unit_norm": (1e-2, 3e-3, 1e-3, 3e-4), "mean_norm": (2e-2, 8e-3, 3e-3, 1e-3)},
-    zoo_overrides={"mean_norm": {"sae.initial_threshold": 0.02}})
+    zoo_overrides={"mean_norm": {"sae.initial_threshold": 0.02}},
+    validate=validate, recipes=RECIPES)

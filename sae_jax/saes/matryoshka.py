@@ -115,9 +115,16 @@ def validate(hp: Hyper) -> None:
   prefixes(hp.n_latents, hp)
 
 
+# Recipes (`sae.recipe`): Bussmann et al. 2025's code (bartbussmann/matryoshka_sae) builds
+# on their BatchTopK code and keeps its optimiser and dead-latent settings.
+RECIPES = {
+    "bussmann2025": {**batchtopk.RECIPES["bussmann2024"]},
+}
+
 ARCH = base.Architecture(
     name="matryoshka_batchtopk", hyper=Hyper, knob="k", unit_norm_decoder=True, init=init,
     init_extras=init_extras, encode=encode, decode=decode, loss=loss,
     paper="Bussmann et al. 2025, Learning multi-level features with Matryoshka sparse autoencoders",
     input_norm="unit_norm", encode_formula="as batchtopk: " + batchtopk.ENCODE_FORMULA,
-    saelens=("jumprelu", True), zoo_grid=batchtopk.ARCH.zoo_grid, validate=validate)
+    saelens=("jumprelu", True), zoo_grid=batchtopk.ARCH.zoo_grid, validate=validate,
+    recipes=RECIPES)

@@ -38,6 +38,11 @@ def register(arch: base.Architecture) -> base.Architecture:
                       "sae_jax.saes.base.Hyper")
   others = {f.name: (f.type, a.name) for a in _REGISTRY.values() if a.name != arch.name
             for f in a.fields()}
+  taken = {r: a.name for a in _REGISTRY.values() if a.name != arch.name for r in a.recipes}
+  for r in arch.recipes:
+    if r in taken:
+      raise ConfigError(f"architecture {arch.name!r} declares recipe {r!r}, already "
+                        f"{taken[r]!r}'s; rename it")
   for f in arch.fields():
     if f.name in others and others[f.name][0] is not f.type:
       raise ConfigError(f"architecture {arch.name!r} declares sae.{f.name} as "
@@ -71,6 +76,26 @@ def get(name: str) -> base.Architecture:
   if name not in _REGISTRY:
     raise ConfigError(f"unknown architecture {name!r}; known: {', '.join(names())}")
   return _REGISTRY[name]
+
+
+def recipe_names(architecture: str | None = None) -> list[str]:
+  """The recipes of every architecture (or of `architecture`), sorted."""
+  return sorted(r for a in _REGISTRY.values() if architecture in (None, a.name) for r in a.recipes)
+
+
+def recipe(name: str) -> tuple[str, dict[str, Any]]:
+  """(architecture name, {dotted config key: value}) of the recipe called `name`.
+
+  Raises ConfigError listing the known recipes."""
+  for arch in _REGISTRY.values():
+    if name in arch.recipes:
+      return arch.name, dict(arch.recipes[name])
+  raise ConfigError(f"unknown recipe {name!r}; known: {', '.join(recipe_names())}")
+
+
+def default_recipe(architecture: str) -> str | None:
+  """The architecture's first declared recipe (its paper's; the zoo sweep's), or None."""
+  return next(iter(get(architecture).recipes), None)
 
 
 def config_fields() -> dict[str, tuple[Any, type]]:

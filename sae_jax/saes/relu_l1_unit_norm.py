@@ -10,8 +10,9 @@ al. 2023, "Towards monosemanticity", Sec. "Sparse autoencoder"; also Cunningham 
 Decoder rows are kept at unit norm (gradient component along each row removed, rows
 renormalised after each step, as for TopK), which is what stops the L1 term from being
 dodged by shrinking z and growing W_dec. Init: tied, unit-norm rows, b_enc = 0, b_pre at
-the geometric median (Bricken et al. also start b_pre at the geometric median). Not
-reproduced: their resampling of dead latents.
+the geometric median (Bricken et al. also start b_pre at the geometric median). Their
+resampling of dead latents is the recipe "bricken2023" (`RECIPES`,
+`sae_jax.training.resample`).
 
 Inputs: "mean_norm" (one constant so the mean norm is sqrt(d_in)), the same units as
 `relu_l1`, so the two L1 variants share a lambda scale. Units: the paper's loss is
@@ -81,6 +82,20 @@ def loss(params: Params, x_BxD: jax.Array, extras, hp: base.Hyper, *,
                     extras)
 
 
+# Recipes (`sae.recipe`), in this codebase's config keys; lambda is the sweep's knob.
+RECIPES = {
+    # Bricken et al. 2023 (Towards monosemanticity, "Neuron resampling")
+    "bricken2023": {
+        "sae.input_norm": "mean_norm",  # this module's units (they trained on raw MLP outputs)
+        "train.adam_b1": 0.9,  # Adam
+        "train.adam_b2": 0.999,
+        "train.lr_schedule": "constant",
+        # dead latents resampled four times early in training (theirs: at 25k, 50k, 75k and
+        # 100k steps); a latent is dead at a resampling if it has not fired since the last
+        "train.resample_fractions": (0.1, 0.2, 0.3, 0.4),
+    },
+}
+
 ARCH = base.Architecture(
     name="relu_l1_unit_norm", hyper=Hyper, knob="sparsity_coefficient",
     unit_norm_decoder=True, init=init, init_extras=init_extras, encode=encode, decode=decode,
@@ -90,4 +105,5 @@ ARCH = base.Architecture(
     # zoo grids from calibration runs (sweeps/architectures.py): mean_norm (pre-issue-19
     # units) 1e-2 -> L0 37; the mean_norm grid is that calibration times s ~ sqrt(576) = 24
     # (lambda now in units of s), not re-run
-    zoo_grid={"unit_norm": (0.4, 0.2, 0.1, 0.05), "mean_norm": (0.96, 0.48, 0.24, 0.12)})
+    zoo_grid={"unit_norm": (0.4, 0.2, 0.1, 0.05), "mean_norm": (0.96, 0.48, 0.24, 0.12)},
+    recipes=RECIPES)

@@ -277,6 +277,23 @@ def loss(params: Params, x_BxD: jax.Array, extras, hp: Hyper, *,
   return sparse_loss(params, x_BxD, impl=hp.sparse_impl, **kw)
 
 
+# Recipes (`sae.recipe`), in this codebase's config keys; k is the sweep's knob and the lr
+# follows `sae_jax.config.default_lr` (lr ~ 1/sqrt(n_latents), Gao et al. 2024 Fig. 9).
+RECIPES = {
+    # Gao et al. 2024 and OpenAI's code (openai/sparse_autoencoder)
+    "gao2024": {
+        "sae.input_norm": "unit_norm",  # Sec. 2.1: mean over d_in removed, unit norm per token
+        "train.adam_b1": 0.9,
+        "train.adam_b2": 0.999,
+        "train.adam_eps": 6.25e-10,  # Sec. 2.3
+        "train.lr_schedule": "constant",  # Sec. 2.3 describes no schedule
+        "train.aux_coef": 1 / 32,  # Sec. A.2: alpha = 1/32 (k_aux: config.default_k_aux)
+        "train.dead_tokens": 10_000_000,  # Sec. A.2: dead after 10M tokens without firing
+        "train.fired_threshold": 1e-3,  # model.py: a latent fires where topk.values > 1e-3
+        "sae.encoder_init_scale": 3 ** -0.5,  # the code's nn.Linear encoder (`TiedInit`)
+    },
+}
+
 ARCH = base.Architecture(
     name="topk", hyper=Hyper, knob="k", unit_norm_decoder=True, init=init,
     init_extras=init_extras, encode=encode, decode=decode, loss=loss,
@@ -285,4 +302,4 @@ ARCH = base.Architecture(
                    "pre-activations of each token kept, ties to the lower index (Gao et al. "
                    "2024, Eq. 2)",
     saelens=("topk", True), zoo_grid={"unit_norm": (8, 16, 32, 64), "mean_norm": (8, 16, 32, 64)},
-    validate=validate)
+    validate=validate, recipes=RECIPES)

@@ -122,12 +122,17 @@ def sparsity_warmup(step: jax.Array, warmup_steps: int) -> jax.Array:
 
 
 def make(lr: float | optax.Schedule, b1: float = 0.9, b2: float = 0.999, eps: float = 6.25e-10,
-         project_decoder: bool = True) -> optax.GradientTransformation:
+         project_decoder: bool = True, max_grad_norm: float = 0.0
+         ) -> optax.GradientTransformation:
   """Adam (eps 6.25e-10, Gao et al. 2024 Sec. 2.3) at `lr` (a float or an optax schedule
   of the step, `lr_schedule`), after the decoder-gradient projection when the
-  architecture keeps unit-norm decoder rows."""
+  architecture keeps unit-norm decoder rows, after clipping the gradient's global norm to
+  max_grad_norm when positive (Conerly et al. 2024 clip at 1)."""
   adam = optax.adam(lr, b1=b1, b2=b2, eps=eps)
-  return optax.chain(project_decoder_gradient(), adam) if project_decoder else adam
+  chain = [project_decoder_gradient()] if project_decoder else []
+  if max_grad_norm > 0:
+    chain.insert(0, optax.clip_by_global_norm(max_grad_norm))
+  return optax.chain(*chain, adam) if chain else adam
 
 
 def from_config(c: ml_collections.ConfigDict, project_decoder: bool
@@ -139,7 +144,8 @@ def from_config(c: ml_collections.ConfigDict, project_decoder: bool
   schedule = lr_schedule(t.lr_schedule, t.lr, n_steps, t.lr_warmup_steps or 0,
                          t.lr_decay_fraction, t.lr_final_fraction)
   lr = t.lr if t.lr_schedule == "constant" else schedule
-  return make(lr, t.adam_b1, t.adam_b2, t.adam_eps, project_decoder=project_decoder)
+  return make(lr, t.adam_b1, t.adam_b2, t.adam_eps, project_decoder=project_decoder,
+              max_grad_norm=t.max_grad_norm)
 
 
 def renormalize_decoder(params: base.Params) -> base.Params:

@@ -27,7 +27,9 @@ from sae_jax import saes
 from sae_jax.data import batches
 from sae_jax.saes import sparse
 from sae_jax.saes.geometric_median import geometric_median
-from sae_jax.training import host_memory, optimizer, sharding
+from sae_jax.training import host_memory, optimizer, resample, sharding
+
+RESAMPLE_SEED = 14  # the resampling draws are keyed by (this, step): resume is exact
 
 
 @flax.struct.dataclass
@@ -51,6 +53,8 @@ class StepConfig:
   # lambda ramps linearly from 0 over these steps (`optimizer.sparsity_warmup`; 0: off)
   sparsity_warmup_steps: int = 0
   sparse_impl: str | None = None  # train.sparse_impl as requested (None: by backend)
+  # dead latents are resampled after these many updates (`sae_jax.training.resample`)
+  resample_steps: tuple[int, ...] = ()
 
   @property
   def arch(self) -> saes.Architecture:
@@ -62,7 +66,8 @@ class StepConfig:
     return cls(architecture=c.sae.architecture, hp=hyper(c), dead_tokens=c.train.dead_tokens,
                input_norm=c.sae.input_norm,
                sparsity_warmup_steps=int(c.train.get("sparsity_warmup_steps") or 0),
-               sparse_impl=c.train.get("sparse_impl"))
+               sparse_impl=c.train.get("sparse_impl"),
+               resample_steps=tuple(c.train.get("resample_steps") or ()))
 
 
 def hyper(c: ml_collections.ConfigDict) -> saes.Hyper:
@@ -107,9 +112,21 @@ def train_step(state: TrainState, x_BxD: jax.Array, *, sc: StepConfig,
   B = x_BxD.shape[0]
   since = jnp.minimum(state.tokens_since_fired_N + B, sc.dead_tokens)
   since = jnp.where(out.fired_N, 0, since).astype(jnp.int32)
+  resampled = jnp.zeros((), jnp.int32)
+  if sc.resample_steps:
+    window = resample.window_tokens(sc.resample_steps, B, sc.dead_tokens)
+    now = jnp.any(state.step + 1 == jnp.asarray(sc.resample_steps))
+    to_resample_N = (since >= window) & now
+    key = jax.random.fold_in(jax.random.PRNGKey(RESAMPLE_SEED), state.step)
+    params, opt_state = jax.lax.cond(
+        jnp.any(to_resample_N),
+        lambda p, o: resample.resample(key, arch, sc.hp, p, o, out.extras, x_BxD, to_resample_N),
+        lambda p, o: (p, o), params, opt_state)
+    since = jnp.where(to_resample_N, 0, since)
+    resampled = jnp.sum(to_resample_N).astype(jnp.int32)
   metrics = {"loss": objective, "normalized_mse": out.normalized_mse,
              "sparsity_loss": ramp * out.sparsity_loss, "aux_loss": out.aux_loss, "l0": out.l0,
-             "dead_fraction": jnp.mean(dead_N.astype(jnp.float32)),
+             "dead_fraction": jnp.mean(dead_N.astype(jnp.float32)), "resampled": resampled,
              "grad_norm": jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads)))}
   new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                       extras=out.extras, tokens_since_fired_N=since)
