@@ -60,12 +60,33 @@ def test_corrupted_or_truncated_shard_raises(tmp_path):
     f.seek(-20, os.SEEK_END)
     f.write(bytes(v ^ 0xFF for v in b))
   with pytest.raises(CacheCorruptError, match=r"shard_00001.npy is corrupted .*delete .*/c "):
-    ActivationCache.open(path)
-  ActivationCache.open(path, verify=False)  # size and shape still fine: only sha catches it
+    ActivationCache.open(path, verify=True)
+  ActivationCache.open(path)  # size and shape still fine: only sha catches it
   with open(shard, "r+b") as f:
     f.truncate(os.path.getsize(shard) - 10)
   with pytest.raises(CacheCorruptError, match="truncated"):
     ActivationCache.open(path, verify=False)
+
+
+def test_open_reads_metadata_only_and_a_bad_row_names_its_shard(tmp_path, monkeypatch):
+  x = np.random.default_rng(0).normal(size=(300, D)).astype(np.float32)
+  path = str(tmp_path / "c")
+  cache_lib.write_cache(path, {"train": x}, {}, shard_tokens=128)
+  shard = os.path.join(path, "train", "shard_00002.npy")
+  with open(shard, "r+b") as f:  # one NaN (float16 0x7fff) in the last row, same size
+    f.seek(-2, os.SEEK_END)
+    f.write(b"\xff\x7f")
+  real_load = np.load
+  monkeypatch.setattr(cache_lib.files, "file_sha256", lambda *_: pytest.fail("hashed on open"))
+  monkeypatch.setattr(np, "load", lambda f, mmap_mode=None, **k: (
+      real_load(f, mmap_mode=mmap_mode, **k) if mmap_mode == "r" else pytest.fail("read " + f)))
+  cache = ActivationCache.open(path)  # no hash, no full read: headers and sizes only
+  np.testing.assert_array_equal(cache.read("train", [0, 255]), _stored(x[[0, 255]], "float16"))
+  with pytest.raises(CacheCorruptError, match=r"train/shard_00002.npy is corrupted \(non-finite"):
+    cache.read("train", [5, 299])
+  monkeypatch.undo()
+  with pytest.raises(CacheCorruptError, match="shard_00002.npy is corrupted"):
+    ActivationCache.open(path, verify=True)
 
 
 # ------------------------------------------------------------------- harvest, fake LM
@@ -165,8 +186,17 @@ def test_same_settings_reuse_cache_without_the_lm(tmp_path, fake_lm, monkeypatch
   cfg = _cfg(tmp_path, tmp_path / "cache")
   first = harvest.get_or_harvest(cfg, progress=False)
   monkeypatch.setattr(lm, "load_lm", lambda *a, **k: pytest.fail("loaded the LM again"))
-  second = harvest.get_or_harvest(cfg, progress=False)
+  # reuse costs O(metadata): no shard hashed, the corpus not parsed again
+  with monkeypatch.context() as m:
+    m.setattr(cache_lib.files, "file_sha256", lambda *_: pytest.fail("hashed a shard"))
+    m.setattr(corpus, "load_documents", lambda *_: pytest.fail("parsed the corpus"))
+    second = harvest.get_or_harvest(cfg, progress=False)
   assert second.path == first.path
+  with open(cfg.data.corpus, "a") as f:  # an edited corpus is a different cache
+    f.write(json.dumps({"id": "new", "text": "alpha beta"}) + "\n")
+  with pytest.raises(pytest.fail.Exception):
+    harvest.get_or_harvest(cfg, progress=False)
+  cfg = _cfg(tmp_path, tmp_path / "cache")
   cfg.data.n_train_tokens = 900  # a different setting is a different cache
   with pytest.raises(pytest.fail.Exception):
     harvest.get_or_harvest(cfg, progress=False)
@@ -273,3 +303,26 @@ def test_real_model_resume_equals_uninterrupted_and_hidden_states(tmp_path, smol
     hs = model(input_ids=tok, output_hidden_states=True).hidden_states[15][:, 1:]
   np.testing.assert_allclose(whole.read("train", np.arange(126)),
                              hs.reshape(-1, 576).numpy().astype(np.float16), rtol=0, atol=1e-5)
+
+
+def test_harvest_verify_names_the_bad_shard_in_one_line(tmp_path, fake_lm, capsys):
+  from sae_jax import cli  # pylint: disable=import-outside-toplevel
+  c = _cfg(tmp_path, tmp_path / "cache")
+  argv = ["harvest", "--set"] + [f"data.{k}={c.data[k]}" for k in (
+      "corpus", "cache_dir", "context_length", "n_train_tokens", "n_eval_tokens",
+      "eval_doc_fraction", "shard_tokens", "lm_batch_size")]
+  assert cli.main(argv) == 0
+  path = capsys.readouterr().out.splitlines()[0]
+  assert cli.main(argv + ["--verify"]) == 0
+  assert "every sha256 verified" in capsys.readouterr().out
+  shard = os.path.join(path, "eval", "shard_00001.npy")
+  with open(shard, "r+b") as f:
+    f.seek(-3, os.SEEK_END)
+    f.write(b"\x00\x01\x02")
+  assert cli.main(argv) == 0  # reuse checks sizes and shapes only
+  capsys.readouterr()
+  assert cli.main(argv + ["--verify"]) == 2
+  err = [l for l in capsys.readouterr().err.splitlines() if not l.startswith("[sae_jax]")]
+  assert len(err) == 1 and err[0].startswith("sae-jax: error: activation cache file ")
+  err = err[0]
+  assert "eval/shard_00001.npy is corrupted (sha256 mismatch)" in err and path in err

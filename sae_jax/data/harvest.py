@@ -103,21 +103,26 @@ def context_tokens(tokenizer, docs, n_tokens: int, context_length: int, exclude_
   return tok_CxS
 
 
-def get_or_harvest(cfg, progress: bool = True) -> cache_lib.ActivationCache:
+def get_or_harvest(cfg, progress: bool = True, verify: bool = False
+                   ) -> cache_lib.ActivationCache:
   """The activation cache for a config: reused if complete, continued if half-written,
   else harvested (corpus -> split by document -> tokens -> LM residual stream -> shards).
 
   Uses ``cfg.data.*`` (checked by `sae_jax.data.settings.validate`) and ``cfg.seed``.
-  The layer defaults to `lm.middle_layer`. The LM is loaded only when activations must be
-  computed.
+  The layer defaults to `lm.middle_layer`. The LM is loaded, and the corpus parsed, only
+  when activations must be computed: reusing a complete cache costs O(metadata) (the
+  weights' and corpus's hashes are memoised by file size and mtime; shard sizes and
+  shapes are checked on open), and its sha256s are checked once when it is written and
+  again only with `verify` (`sae-jax harvest --verify`).
 
   Returns:
-    The opened, verified `cache_lib.ActivationCache`.
+    The opened `cache_lib.ActivationCache`.
 
   Raises:
     ConfigError: an invalid setting, an unwritable cache dir, an unknown model, a layer
       out of range, or a corpus split with too little text for its token budget.
-    CacheCorruptError: the complete cache for these settings fails verification.
+    CacheCorruptError: a file of the complete cache is missing, of the wrong size or
+      shape, or (with `verify`, or right after the harvest) fails its sha256.
   """
   d = cfg.data
   data_settings.validate(d)
@@ -132,20 +137,21 @@ def get_or_harvest(cfg, progress: bool = True) -> cache_lib.ActivationCache:
   layer = lm_lib.middle_layer(info["n_layers"]) if d.layer is None else int(d.layer)
   lm_lib.check_layer(layer, info["n_layers"], d.model)
   if corpus_lib.is_streaming(d.corpus):
-    docs, c_hash = None, hashlib.sha256(d.corpus.encode()).hexdigest()  # identified by name
+    c_hash = hashlib.sha256(d.corpus.encode()).hexdigest()  # identified by name
   else:
-    docs = corpus_lib.load_documents(d.corpus, root)
-    c_hash = corpus_lib.corpus_hash(docs)
+    c_hash = corpus_lib.corpus_hash_of(d.corpus, root)
   settings = cache_settings(cfg, info["weights_hash"], layer, c_hash)
   key = cache_key(settings)
   final = os.path.join(act_dir, key)
   if os.path.isdir(final):
-    _say(f"reusing activation cache {final}", progress)
-    return cache_lib.ActivationCache.open(final)
+    _say(f"reusing activation cache {final}" + (" (verifying sha256s)" if verify else ""),
+         progress)
+    return cache_lib.ActivationCache.open(final, verify=verify)
   with _harvest_lock(final + ".lock", progress):
     if os.path.isdir(final):  # another process finished it while we waited
       _say(f"reusing activation cache {final}", progress)
-      return cache_lib.ActivationCache.open(final)
+      return cache_lib.ActivationCache.open(final, verify=verify)
+    docs = None if corpus_lib.is_streaming(d.corpus) else corpus_lib.load_documents(d.corpus, root)
     cache = _harvest(cfg, root, info, layer, docs, settings, key, final, progress)
     os.remove(final + ".lock")  # safe: `final` exists, so nobody locks this path again
     return cache
@@ -221,7 +227,7 @@ def _harvest(cfg, root: str, info: dict, layer: int, docs, settings: dict, key: 
   meta = dict(settings, key=key, n_layers=info["n_layers"], model_info=info)
   cache_lib.finalize(partial, final, meta, records, d_in)
   _say(f"wrote activation cache {final}", progress)
-  return cache_lib.ActivationCache.open(final, verify=False)
+  return cache_lib.ActivationCache.open(final, verify=True)  # once, as written
 
 
 def _harvest_split(model, tok_CxS: np.ndarray, layer: int, n_tokens: int, d, state: dict,
