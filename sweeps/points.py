@@ -44,6 +44,8 @@ def run_id(point: dict, resolved: ml_collections.ConfigDict) -> str:
   identity = resolved.to_dict()
   identity.pop("out_dir", None)  # where results go is not what was trained
   identity["data"].pop("cache_dir", None)
+  for key in ("layers", "sites"):
+    identity["data"].pop(key, None)  # other caches filled in the same LM pass
   for key in ("eval_measures", "eval_max_contexts", "eval_max_latents"):
     identity["train"].pop(key, None)  # what is measured is not what was trained
   for key in ("loggers", "log_every_steps"):

@@ -1,6 +1,7 @@
 """Tests of sae_jax.data.cache and sae_jax.data.harvest: the cache format, corruption, harvest, resume, reuse."""
 
 import json
+import math
 import os
 
 import numpy as np
@@ -326,3 +327,71 @@ def test_harvest_verify_names_the_bad_shard_in_one_line(tmp_path, fake_lm, capsy
   assert len(err) == 1 and err[0].startswith("sae-jax: error: activation cache file ")
   err = err[0]
   assert "eval/shard_00001.npy is corrupted (sha256 mismatch)" in err and path in err
+
+
+_SITE_OFFSET = {"residual": 0.0, "resid_pre": 0.0, "attn_out": 10.0, "resid_mid": 20.0,
+                "mlp_in": 30.0, "mlp_out": 40.0, "resid_post": 50.0}
+
+
+def _fake_activations(model, ids_BxS, targets):
+  model.calls += 1
+  model.targets.append(list(targets))
+  pos_S = torch.arange(ids_BxS.shape[1], dtype=torch.float32)
+  d_D = torch.arange(1, D + 1, dtype=torch.float32)
+  base = torch.sin(ids_BxS.float()[..., None] * d_D * 0.1) + 0.01 * pos_S[:, None]
+  return {(l, s): base + l + _SITE_OFFSET[s] for l, s in targets}
+
+
+@pytest.fixture
+def fake_sites(fake_lm, monkeypatch):
+  real_model = _FakeModel.__init__
+
+  def init(self, crash_after=None):
+    real_model(self, crash_after)
+    self.targets = []
+  monkeypatch.setattr(_FakeModel, "__init__", init)
+  monkeypatch.setattr(lm, "activations", _fake_activations)
+  monkeypatch.setattr(lm, "check_site_available", lambda model, site: None)
+  return fake_lm
+
+
+def test_many_sites_fill_one_cache_each_from_one_lm_pass(tmp_path, fake_sites):
+  cfg = _cfg(tmp_path, tmp_path / "many", layer=2, site="resid_post", layers=(1, 4),
+             sites=("attn_out", "mlp_out"))
+  config.validate(cfg)
+  caches = harvest.get_or_harvest_many(cfg, progress=False)
+  targets = [(2, "resid_post"), (1, "attn_out"), (1, "mlp_out"), (4, "attn_out"), (4, "mlp_out")]
+  assert list(caches) == targets
+  (model,) = fake_sites["models"]
+  n_batches = sum(math.ceil(c.meta["splits"][s]["n_contexts"] / 4)
+                  for c in caches.values() for s in ("train", "eval")) // len(targets)
+  assert model.calls == n_batches  # one LM forward per batch of contexts for all five
+  assert all(sorted(t) == sorted(targets) for t in model.targets)
+  for (layer, site), cache in caches.items():
+    assert (cache.meta["layer"], cache.meta["site"]) == (layer, site)
+    assert cache.meta["hook_name"] == f"blocks.{layer}.hook_{site}"
+    alone = _cfg(tmp_path, tmp_path / f"alone_{layer}_{site}", layer=layer, site=site)
+    single = harvest.get_or_harvest(alone, progress=False)
+    assert os.path.basename(single.path) == os.path.basename(cache.path)  # same settings, same key
+    for split in ("train", "eval"):
+      np.testing.assert_array_equal(_all_rows(single, split), _all_rows(cache, split))
+  assert harvest.get_or_harvest(cfg, progress=False).path == caches[(2, "resid_post")].path
+
+
+@pytest.mark.parametrize("data, words", [
+    ({"site": "resid_middle"}, "unknown hook site 'resid_middle'; use one of residual, resid_pre"),
+    ({"sites": ("attn_out", "attn_pre")}, "unknown hook site 'attn_pre'"),
+    ({"layers": (3, 5, 3)}, "data.layers=(3, 5, 3) lists 3 twice"),
+    ({"sites": ("mlp_out", "mlp_out")}, "lists 'mlp_out' twice"),
+    ({"site": "attn_out", "layer": 6}, "layer 6 is out of range for smollm2 at site 'attn_out' "
+                                       "(6 blocks: use 0..5)"),
+])
+def test_bad_sites_and_layers_are_one_line_errors_and_write_nothing(tmp_path, fake_sites, data,
+                                                                    words):
+  cfg = _cfg(tmp_path, tmp_path / "cache", **data)
+  with pytest.raises(ConfigError) as e:
+    harvest.get_or_harvest(cfg, progress=False)
+  assert words in str(e.value) and "\n" not in str(e.value)
+  assert not os.path.exists(tmp_path / "cache" / "activations") or not os.listdir(
+      tmp_path / "cache" / "activations")
+  assert not fake_sites["models"]  # the LM was never loaded
