@@ -395,3 +395,16 @@ def test_bad_sites_and_layers_are_one_line_errors_and_write_nothing(tmp_path, fa
   assert not os.path.exists(tmp_path / "cache" / "activations") or not os.listdir(
       tmp_path / "cache" / "activations")
   assert not fake_sites["models"]  # the LM was never loaded
+
+
+def test_sweep_points_on_several_sites_share_one_lm_pass(tmp_path, fake_sites):
+  from sweeps import launch  # pylint: disable=import-outside-toplevel
+  configs = []
+  for layer, site in ((1, "attn_out"), (1, "mlp_out"), (4, "resid_pre"), (1, "attn_out")):
+    configs.append(_cfg(tmp_path, tmp_path / "cache", layer=layer, site=site))
+  caches = {}
+  launch.share_lm_passes(configs, caches, progress=False)
+  assert len(fake_sites["models"]) == 1  # the LM loaded once, for one pass over the contexts
+  assert len(caches) == 3
+  assert sorted((c.meta["layer"], c.meta["site"]) for c in caches.values()) == [
+      (1, "attn_out"), (1, "mlp_out"), (4, "resid_pre")]

@@ -116,6 +116,14 @@ def targets_of(cfg, n_layers: int) -> list[tuple[int, str]]:
   return [own] + [(l, s) for l in layers for s in sites if (l, s) != own]
 
 
+def own_target(cfg) -> tuple[int, str]:
+  """The (layer, site) a config trains on, its layer resolved (`lm.middle_layer` for None)
+  from the model's memoised description, without loading it."""
+  d = cfg.data
+  info = lm_lib.describe_lm(d.model, files.cache_root(d.cache_dir))
+  return targets_of(cfg, info["n_layers"])[0]
+
+
 def get_or_harvest(cfg, progress: bool = True, verify: bool = False
                    ) -> cache_lib.ActivationCache:
   """The activation cache for a config's (data.layer, data.site): reused if complete,
