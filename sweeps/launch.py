@@ -23,7 +23,7 @@ import time
 import jax
 
 from sae_jax import config as config_lib, evals, files
-from sae_jax.data import sources
+from sae_jax.data import harvest, sources
 from sae_jax.errors import TrainingDivergedError
 from sae_jax.tools import export
 from sae_jax.training import distributed, tracking, trainer
@@ -36,6 +36,32 @@ from analysis import report
 
 
 
+
+
+def _data_key(cfg) -> str:
+  return json.dumps(cfg.data.to_dict(), sort_keys=True, default=str) + str(cfg.seed)
+
+
+def share_lm_passes(configs: list, caches: dict, progress: bool = True) -> None:
+  """Harvest together the caches of LM points that differ only in data.layer / data.site
+  (a sweep's layer and site grid axes): one LM forward per batch fills them all
+  (`harvest.get_or_harvest_many`). Adds each point's cache to `caches` by its data key."""
+  groups: dict[str, list] = {}
+  for cfg in configs:
+    if cfg.data.source != "lm" or _data_key(cfg) in caches:
+      continue
+    d = cfg.data.to_dict()
+    for key in ("layer", "site", "layers", "sites"):
+      d.pop(key, None)
+    groups.setdefault(json.dumps(d, sort_keys=True, default=str) + str(cfg.seed), []).append(cfg)
+  for cfgs in groups.values():
+    own = [harvest.own_target(c) for c in cfgs]
+    targets = list(dict.fromkeys(own))
+    if len(targets) < 2:
+      continue
+    many = harvest.get_or_harvest_many(cfgs[0], targets, progress=progress)
+    for c, t in zip(cfgs, own):
+      caches[_data_key(c)] = many[t]
 
 
 def run_points_here(indices: list[int], points: list[dict], configs: list, out: str,
@@ -60,9 +86,10 @@ def run_points_here(indices: list[int], points: list[dict], configs: list, out: 
   failed: dict[int, TrainingDivergedError] = {}
   run_dirs: dict[int, str] = {}
   todo: dict[tuple, list] = {}
+  share_lm_passes([configs[i] for i in indices], caches, progress)
   for i in indices:
     cfg = configs[i]
-    data_key = json.dumps(cfg.data.to_dict(), sort_keys=True, default=str) + str(cfg.seed)
+    data_key = _data_key(cfg)
     if data_key not in caches:
       caches[data_key] = sources.get_source(cfg, progress=progress)
     cache = caches[data_key]
@@ -81,7 +108,7 @@ def run_points_here(indices: list[int], points: list[dict], configs: list, out: 
     if primary:
       files.write_json_atomic(os.path.join(run_dir, "config.json"), resolved.to_dict())
     info = {"sweep": cfg.name, "run_id": rid, "model": cache.meta["model"],
-            "layer": cache.meta["layer"],
+            "layer": cache.meta["layer"], "site": cache.meta.get("site", "residual"),
             "cache": os.path.basename(getattr(cache, "path", "synthetic"))}
     todo.setdefault((data_key, trainer.data_pass_key(resolved)), []).append(
         (i, resolved, run_dir, info))

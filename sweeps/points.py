@@ -90,6 +90,8 @@ def run_id(point: dict, resolved: ml_collections.ConfigDict) -> str:
   identity["data"].pop("cache_dir", None)
   if identity["data"].get("corpus_encoding") == "utf-8":
     del identity["data"]["corpus_encoding"]  # the default, as before the field existed
+  for key in ("layers", "sites"):
+    identity["data"].pop(key, None)  # other caches filled in the same LM pass
   for key in ("eval_measures", "eval_max_contexts", "eval_max_latents"):
     identity["train"].pop(key, None)  # what is measured is not what was trained
   for key in ("loggers", "log_every_steps"):

@@ -1,6 +1,7 @@
 """Tests of sae_jax.data.cache and sae_jax.data.harvest: the cache format, corruption, harvest, resume, reuse."""
 
 import json
+import math
 import os
 
 import numpy as np
@@ -60,12 +61,33 @@ def test_corrupted_or_truncated_shard_raises(tmp_path):
     f.seek(-20, os.SEEK_END)
     f.write(bytes(v ^ 0xFF for v in b))
   with pytest.raises(CacheCorruptError, match=r"shard_00001.npy is corrupted .*delete .*/c "):
-    ActivationCache.open(path)
-  ActivationCache.open(path, verify=False)  # size and shape still fine: only sha catches it
+    ActivationCache.open(path, verify=True)
+  ActivationCache.open(path)  # size and shape still fine: only sha catches it
   with open(shard, "r+b") as f:
     f.truncate(os.path.getsize(shard) - 10)
   with pytest.raises(CacheCorruptError, match="truncated"):
     ActivationCache.open(path, verify=False)
+
+
+def test_open_reads_metadata_only_and_a_bad_row_names_its_shard(tmp_path, monkeypatch):
+  x = np.random.default_rng(0).normal(size=(300, D)).astype(np.float32)
+  path = str(tmp_path / "c")
+  cache_lib.write_cache(path, {"train": x}, {}, shard_tokens=128)
+  shard = os.path.join(path, "train", "shard_00002.npy")
+  with open(shard, "r+b") as f:  # one NaN (float16 0x7fff) in the last row, same size
+    f.seek(-2, os.SEEK_END)
+    f.write(b"\xff\x7f")
+  real_load = np.load
+  monkeypatch.setattr(cache_lib.files, "file_sha256", lambda *_: pytest.fail("hashed on open"))
+  monkeypatch.setattr(np, "load", lambda f, mmap_mode=None, **k: (
+      real_load(f, mmap_mode=mmap_mode, **k) if mmap_mode == "r" else pytest.fail("read " + f)))
+  cache = ActivationCache.open(path)  # no hash, no full read: headers and sizes only
+  np.testing.assert_array_equal(cache.read("train", [0, 255]), _stored(x[[0, 255]], "float16"))
+  with pytest.raises(CacheCorruptError, match=r"train/shard_00002.npy is corrupted \(non-finite"):
+    cache.read("train", [5, 299])
+  monkeypatch.undo()
+  with pytest.raises(CacheCorruptError, match="shard_00002.npy is corrupted"):
+    ActivationCache.open(path, verify=True)
 
 
 # ------------------------------------------------------------------- harvest, fake LM
@@ -165,8 +187,17 @@ def test_same_settings_reuse_cache_without_the_lm(tmp_path, fake_lm, monkeypatch
   cfg = _cfg(tmp_path, tmp_path / "cache")
   first = harvest.get_or_harvest(cfg, progress=False)
   monkeypatch.setattr(lm, "load_lm", lambda *a, **k: pytest.fail("loaded the LM again"))
-  second = harvest.get_or_harvest(cfg, progress=False)
+  # reuse costs O(metadata): no shard hashed, the corpus not parsed again
+  with monkeypatch.context() as m:
+    m.setattr(cache_lib.files, "file_sha256", lambda *_: pytest.fail("hashed a shard"))
+    m.setattr(corpus, "load_documents", lambda *_: pytest.fail("parsed the corpus"))
+    second = harvest.get_or_harvest(cfg, progress=False)
   assert second.path == first.path
+  with open(cfg.data.corpus, "a") as f:  # an edited corpus is a different cache
+    f.write(json.dumps({"id": "new", "text": "alpha beta"}) + "\n")
+  with pytest.raises(pytest.fail.Exception):
+    harvest.get_or_harvest(cfg, progress=False)
+  cfg = _cfg(tmp_path, tmp_path / "cache")
   cfg.data.n_train_tokens = 900  # a different setting is a different cache
   with pytest.raises(pytest.fail.Exception):
     harvest.get_or_harvest(cfg, progress=False)
@@ -273,3 +304,107 @@ def test_real_model_resume_equals_uninterrupted_and_hidden_states(tmp_path, smol
     hs = model(input_ids=tok, output_hidden_states=True).hidden_states[15][:, 1:]
   np.testing.assert_allclose(whole.read("train", np.arange(126)),
                              hs.reshape(-1, 576).numpy().astype(np.float16), rtol=0, atol=1e-5)
+
+
+def test_harvest_verify_names_the_bad_shard_in_one_line(tmp_path, fake_lm, capsys):
+  from sae_jax import cli  # pylint: disable=import-outside-toplevel
+  c = _cfg(tmp_path, tmp_path / "cache")
+  argv = ["harvest", "--set"] + [f"data.{k}={c.data[k]}" for k in (
+      "corpus", "cache_dir", "context_length", "n_train_tokens", "n_eval_tokens",
+      "eval_doc_fraction", "shard_tokens", "lm_batch_size")]
+  assert cli.main(argv) == 0
+  path = capsys.readouterr().out.splitlines()[0]
+  assert cli.main(argv + ["--verify"]) == 0
+  assert "every sha256 verified" in capsys.readouterr().out
+  shard = os.path.join(path, "eval", "shard_00001.npy")
+  with open(shard, "r+b") as f:
+    f.seek(-3, os.SEEK_END)
+    f.write(b"\x00\x01\x02")
+  assert cli.main(argv) == 0  # reuse checks sizes and shapes only
+  capsys.readouterr()
+  assert cli.main(argv + ["--verify"]) == 2
+  err = [l for l in capsys.readouterr().err.splitlines() if not l.startswith("[sae_jax]")]
+  assert len(err) == 1 and err[0].startswith("sae-jax: error: activation cache file ")
+  err = err[0]
+  assert "eval/shard_00001.npy is corrupted (sha256 mismatch)" in err and path in err
+
+
+_SITE_OFFSET = {"residual": 0.0, "resid_pre": 0.0, "attn_out": 10.0, "resid_mid": 20.0,
+                "mlp_in": 30.0, "mlp_out": 40.0, "resid_post": 50.0}
+
+
+def _fake_activations(model, ids_BxS, targets):
+  model.calls += 1
+  model.targets.append(list(targets))
+  pos_S = torch.arange(ids_BxS.shape[1], dtype=torch.float32)
+  d_D = torch.arange(1, D + 1, dtype=torch.float32)
+  base = torch.sin(ids_BxS.float()[..., None] * d_D * 0.1) + 0.01 * pos_S[:, None]
+  return {(l, s): base + l + _SITE_OFFSET[s] for l, s in targets}
+
+
+@pytest.fixture
+def fake_sites(fake_lm, monkeypatch):
+  real_model = _FakeModel.__init__
+
+  def init(self, crash_after=None):
+    real_model(self, crash_after)
+    self.targets = []
+  monkeypatch.setattr(_FakeModel, "__init__", init)
+  monkeypatch.setattr(lm, "activations", _fake_activations)
+  monkeypatch.setattr(lm, "check_site_available", lambda model, site: None)
+  return fake_lm
+
+
+def test_many_sites_fill_one_cache_each_from_one_lm_pass(tmp_path, fake_sites):
+  cfg = _cfg(tmp_path, tmp_path / "many", layer=2, site="resid_post", layers=(1, 4),
+             sites=("attn_out", "mlp_out"))
+  config.validate(cfg)
+  caches = harvest.get_or_harvest_many(cfg, progress=False)
+  targets = [(2, "resid_post"), (1, "attn_out"), (1, "mlp_out"), (4, "attn_out"), (4, "mlp_out")]
+  assert list(caches) == targets
+  (model,) = fake_sites["models"]
+  n_batches = sum(math.ceil(c.meta["splits"][s]["n_contexts"] / 4)
+                  for c in caches.values() for s in ("train", "eval")) // len(targets)
+  assert model.calls == n_batches  # one LM forward per batch of contexts for all five
+  assert all(sorted(t) == sorted(targets) for t in model.targets)
+  for (layer, site), cache in caches.items():
+    assert (cache.meta["layer"], cache.meta["site"]) == (layer, site)
+    assert cache.meta["hook_name"] == f"blocks.{layer}.hook_{site}"
+    alone = _cfg(tmp_path, tmp_path / f"alone_{layer}_{site}", layer=layer, site=site)
+    single = harvest.get_or_harvest(alone, progress=False)
+    assert os.path.basename(single.path) == os.path.basename(cache.path)  # same settings, same key
+    for split in ("train", "eval"):
+      np.testing.assert_array_equal(_all_rows(single, split), _all_rows(cache, split))
+  assert harvest.get_or_harvest(cfg, progress=False).path == caches[(2, "resid_post")].path
+
+
+@pytest.mark.parametrize("data, words", [
+    ({"site": "resid_middle"}, "unknown hook site 'resid_middle'; use one of residual, resid_pre"),
+    ({"sites": ("attn_out", "attn_pre")}, "unknown hook site 'attn_pre'"),
+    ({"layers": (3, 5, 3)}, "data.layers=(3, 5, 3) lists 3 twice"),
+    ({"sites": ("mlp_out", "mlp_out")}, "lists 'mlp_out' twice"),
+    ({"site": "attn_out", "layer": 6}, "layer 6 is out of range for smollm2 at site 'attn_out' "
+                                       "(6 blocks: use 0..5)"),
+])
+def test_bad_sites_and_layers_are_one_line_errors_and_write_nothing(tmp_path, fake_sites, data,
+                                                                    words):
+  cfg = _cfg(tmp_path, tmp_path / "cache", **data)
+  with pytest.raises(ConfigError) as e:
+    harvest.get_or_harvest(cfg, progress=False)
+  assert words in str(e.value) and "\n" not in str(e.value)
+  assert not os.path.exists(tmp_path / "cache" / "activations") or not os.listdir(
+      tmp_path / "cache" / "activations")
+  assert not fake_sites["models"]  # the LM was never loaded
+
+
+def test_sweep_points_on_several_sites_share_one_lm_pass(tmp_path, fake_sites):
+  from sweeps import launch  # pylint: disable=import-outside-toplevel
+  configs = []
+  for layer, site in ((1, "attn_out"), (1, "mlp_out"), (4, "resid_pre"), (1, "attn_out")):
+    configs.append(_cfg(tmp_path, tmp_path / "cache", layer=layer, site=site))
+  caches = {}
+  launch.share_lm_passes(configs, caches, progress=False)
+  assert len(fake_sites["models"]) == 1  # the LM loaded once, for one pass over the contexts
+  assert len(caches) == 3
+  assert sorted((c.meta["layer"], c.meta["site"]) for c in caches.values()) == [
+      (1, "attn_out"), (1, "mlp_out"), (4, "resid_pre")]

@@ -222,8 +222,10 @@ class ActivationCache:
     self._mmaps: dict[str, list[np.ndarray]] = {}
 
   @classmethod
-  def open(cls, path: str, verify: bool = True) -> "ActivationCache":
-    """Open a cache; check every file's size and shape, and with verify its sha256.
+  def open(cls, path: str, verify: bool = False) -> "ActivationCache":
+    """Open a cache: O(metadata), every file's size and every shard's .npy header
+    (shape, dtype) checked against meta.json; with `verify` also every sha256 (a full
+    read: `sae-jax harvest --verify`). Rows are checked as they are read (`read`).
 
     Raises:
       ConfigError: no complete meta.json in `path`.
@@ -236,6 +238,9 @@ class ActivationCache:
     cache = cls(path, meta)
     for split in meta["splits"]:
       cache._mmaps[split] = [cache._load_shard(split, rec) for rec in meta["splits"][split]["shards"]]
+      tok = meta["splits"][split].get("tokens")
+      if tok:
+        cache._check_size(os.path.join(path, split, tok["file"]), tok)
     if verify:
       cache.verify()
     return cache
@@ -244,13 +249,16 @@ class ActivationCache:
     return CacheCorruptError(f"activation cache file {file} is {why}; delete {self.path} "
                              "to rebuild the cache")
 
-  def _load_shard(self, split: str, rec: dict) -> np.ndarray:
-    f = os.path.join(self.path, split, rec["file"])
+  def _check_size(self, f: str, rec: dict) -> None:
     if not os.path.isfile(f):
       raise self._corrupt(f, "missing")
     if os.path.getsize(f) != rec["n_bytes"]:
       raise self._corrupt(f, f"truncated or altered ({os.path.getsize(f)} bytes, "
                           f"expected {rec['n_bytes']})")
+
+  def _load_shard(self, split: str, rec: dict) -> np.ndarray:
+    f = os.path.join(self.path, split, rec["file"])
+    self._check_size(f, rec)
     try:
       mm = np.load(f, mmap_mode="r")
     except (ValueError, OSError) as e:
@@ -288,8 +296,13 @@ class ActivationCache:
   def read(self, split: str, rows: np.ndarray) -> np.ndarray:
     """Activations of arbitrary (unsorted, repeated) rows: float32 [len(rows), d_in].
 
+    Every row read is checked to be finite (the writer refuses non-finite activations),
+    which catches a shard altered after it was written at the cost of one comparison
+    per value, not a hash.
+
     Raises:
       IndexError: a row outside [0, n_tokens(split)).
+      CacheCorruptError: a row read is not finite; the message names its shard file.
     """
     rows_B = np.asarray(rows, np.int64).reshape(-1)
     n = self.n_tokens(split)
@@ -303,8 +316,12 @@ class ActivationCache:
     for s, mm in enumerate(self._mmaps[split]):
       a, b = bounds[s], bounds[s + 1]
       if a < b:
-        out_BxD[order[a:b]] = from_storage(mm[sorted_rows[a:b] - s * self.shard_tokens],
-                                           self.dtype)
+        block = from_storage(mm[sorted_rows[a:b] - s * self.shard_tokens], self.dtype)
+        if not np.isfinite(block).all():
+          f = os.path.join(self.path, split, self._split(split)["shards"][s]["file"])
+          raise self._corrupt(f, "corrupted (non-finite activations; `sae-jax harvest "
+                              "--verify` checks every sha256)")
+        out_BxD[order[a:b]] = block
     return out_BxD
 
   def tokens(self, split: str) -> np.ndarray:

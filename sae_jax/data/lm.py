@@ -5,7 +5,9 @@
 Hugging Face model id or a local directory loaded with ``from_pretrained``.
 
 `residual_stream` returns transformers' ``hidden_states[layer]`` (the input of block
-`layer`) while running only blocks ``0..layer-1``.
+`layer`) while running only blocks ``0..layer-1``; `activations` returns any hook sites
+(`SITES`, named as TransformerLens / SAELens name their hooks) at any layers from one
+forward pass stopped after the deepest block it needs.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import torch
 
 from sae_jax import files
+from sae_jax.data.settings import SITES, check_sites, hook_name  # noqa: F401  (re-exported)
 from sae_jax.errors import ConfigError
 from sae_jax.files import file_sha256
 
@@ -28,6 +31,11 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 
 class _StopForward(Exception):
   """Raised by our hook once the wanted residual stream is stored."""
+
+
+_ATTN = ("self_attn", "attn", "attention")
+_MLP = ("mlp",)
+_LN2 = ("post_attention_layernorm", "ln_2")
 
 
 # ------------------------------------------------------------------------- resolving
@@ -212,6 +220,119 @@ def decoder_layers(model) -> torch.nn.ModuleList:
       return m
   raise ConfigError(f"cannot find the transformer blocks of {type(model).__name__}; "
                     "supported: model.layers, transformer.h, gpt_neox.layers")
+
+
+def _submodule(block, names, site: str, model) -> torch.nn.Module:
+  for n in names:
+    m = getattr(block, n, None)
+    if isinstance(m, torch.nn.Module):
+      return m
+  raise ConfigError(f"hook site {site!r} is not available for {type(model).__name__}: its "
+                    f"blocks have no {' / '.join(names)} module; use resid_pre or resid_post")
+
+
+def check_site_available(model, site: str) -> None:
+  """Raise ConfigError if `model`'s blocks lack what `site` hooks (e.g. resid_mid in a
+  parallel-residual block, where attention and MLP read the same input)."""
+  block = decoder_layers(model)[0]
+  if site in ("attn_out",):
+    _submodule(block, _ATTN, site, model)
+  if site in ("mlp_in", "mlp_out"):
+    _submodule(block, _MLP, site, model)
+  if site == "resid_mid":
+    if getattr(model.config, "use_parallel_residual", False) or getattr(
+        model.config, "parallel_attn", False):
+      raise ConfigError(f"hook site 'resid_mid' does not exist in {type(model).__name__}: "
+                        "its blocks add attention and MLP to the residual in parallel")
+    _submodule(block, _LN2, site, model)
+
+
+def activations(model, input_ids_BxS: torch.Tensor, targets) -> dict:
+  """Activations at several (layer, site) hook points (`SITES`) from ONE forward pass,
+  stopped after the deepest block any target needs: {(layer, site): float [B, S, d_model]}.
+
+  Each site is captured from the module it names: resid_pre is block L's input,
+  resid_post its output, attn_out / mlp_out the attention / MLP module's output, mlp_in
+  the MLP's input and resid_mid the post-attention norm's input (TransformerLens's
+  hook_resid_mid = resid_pre + attn_out). Site "residual" is `residual_stream`.
+
+  Raises:
+    ConfigError: a layer out of range (0..n_layers-1; "residual": 0..n_layers), an
+      unknown site, or a site the model's blocks lack.
+  """
+  targets = [(int(l), s) for l, s in targets]
+  check_sites({s for _, s in targets})
+  if len(targets) == 1 and targets[0][1] == "residual":
+    return {targets[0]: residual_stream(model, input_ids_BxS, targets[0][0])}
+  blocks = decoder_layers(model)
+  n_layers = len(blocks)
+  name = getattr(model.config, "name_or_path", "") or type(model).__name__
+  out, handles = {}, []
+  full = False  # ("residual", n_layers) needs the final norm: run the whole model
+  for layer, site in targets:
+    if site == "residual" and layer == n_layers:
+      full = True
+      continue
+    if not 0 <= layer < n_layers:
+      raise ConfigError(f"layer {layer} is out of range for {name} at site {site!r} "
+                        f"({n_layers} blocks: use 0..{n_layers - 1})")
+    check_site_available(model, site)
+
+  def first(x):
+    return x[0] if isinstance(x, (tuple, list)) else x
+
+  def put(key):
+    def pre(_module, args, kwargs):
+      out[key] = args[0] if args else kwargs["hidden_states"]
+
+    def post(_module, _args, output):
+      out[key] = first(output)
+    return pre, post
+
+  for layer, site in targets:
+    if site == "residual" and layer == n_layers:
+      continue
+    block = blocks[layer]
+    pre, post = put((layer, site))
+    if site in ("residual", "resid_pre"):
+      handles.append(block.register_forward_pre_hook(pre, with_kwargs=True))
+    elif site == "resid_post":
+      handles.append(block.register_forward_hook(post))
+    elif site == "attn_out":
+      handles.append(_submodule(block, _ATTN, site, model).register_forward_hook(post))
+    elif site == "mlp_out":
+      handles.append(_submodule(block, _MLP, site, model).register_forward_hook(post))
+    elif site == "mlp_in":
+      handles.append(_submodule(block, _MLP, site, model).register_forward_pre_hook(
+          pre, with_kwargs=True))
+    elif site == "resid_mid":
+      handles.append(_submodule(block, _LN2, site, model).register_forward_pre_hook(
+          pre, with_kwargs=True))
+
+  def stop(*_):
+    raise _StopForward
+
+  if not full:
+    deepest = max(l for l, _ in targets)
+    if all(s in ("residual", "resid_pre") for l, s in targets if l == deepest):
+      handles.append(blocks[deepest].register_forward_pre_hook(stop))  # after the captures
+    else:
+      handles.append(blocks[deepest].register_forward_hook(stop))
+  try:
+    with torch.inference_mode():
+      try:
+        result = model(input_ids=input_ids_BxS, use_cache=False, output_hidden_states=full)
+        if full:
+          out[(n_layers, "residual")] = result.hidden_states[-1]
+      except _StopForward:
+        pass
+  finally:
+    for h in handles:
+      h.remove()
+  missing = [t for t in targets if t not in out]
+  if missing:
+    raise RuntimeError(f"hook sites {missing} of {type(model).__name__} never ran")
+  return {t: out[t] for t in targets}
 
 
 def middle_layer(n_layers: int) -> int:

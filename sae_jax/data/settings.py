@@ -10,6 +10,43 @@ import codecs
 from sae_jax.errors import ConfigError
 
 SOURCES = ("lm", "synthetic")
+# Hook sites of block L, named as TransformerLens names its hooks (SAELens's hook_name),
+# -> (TransformerLens hook, what is captured in a transformers model).
+SITES = {
+    "residual": ("blocks.{L}.hook_resid_pre",
+                 "hidden_states[L] of transformers: the input of block L (L = n_layers: the "
+                 "final norm's output); the original site, kept for its caches"),
+    "resid_pre": ("blocks.{L}.hook_resid_pre", "the input of block L"),
+    "attn_out": ("blocks.{L}.hook_attn_out", "the output of block L's attention module"),
+    "resid_mid": ("blocks.{L}.hook_resid_mid",
+                  "resid_pre + attn_out: the input of block L's post-attention norm "
+                  "(sequential-residual blocks only)"),
+    "mlp_in": ("blocks.{L}.ln2.hook_normalized",
+               "the input of block L's MLP, after its norm (TransformerLens's hook_mlp_in "
+               "is before the norm, i.e. resid_mid)"),
+    "mlp_out": ("blocks.{L}.hook_mlp_out", "the output of block L's MLP"),
+    "resid_post": ("blocks.{L}.hook_resid_post",
+                   "the output of block L (before the final norm for the last block)"),
+}
+
+
+def hook_name(site: str, layer: int) -> str:
+  """The TransformerLens / SAELens hook name of a site, e.g. blocks.15.hook_resid_pre."""
+  return SITES[site][0].format(L=layer)
+
+
+def check_sites(sites, layers=()) -> None:
+  """Raise ConfigError for an unknown site or a site or layer listed twice (data.sites,
+  data.layers)."""
+  for s in sites:
+    if s not in SITES:
+      raise ConfigError(f"unknown hook site {s!r}; use one of {', '.join(SITES)}")
+  for what, xs in (("data.sites", list(sites)), ("data.layers", list(layers))):
+    dup = sorted({x for x in xs if xs.count(x) > 1}, key=str)
+    if dup:
+      raise ConfigError(f"{what}={tuple(xs)} lists {dup[0]!r} twice; give each once")
+
+
 DTYPES = ("float16", "bfloat16")  # storage dtypes of the activation cache
 
 
@@ -39,3 +76,8 @@ def validate(d) -> None:
     need(False, f"data.corpus_encoding={encoding!r} is not a known text encoding; use "
          "utf-8 or latin-1")
   need(d.shard_tokens > 0, f"data.shard_tokens={d.shard_tokens} must be positive")
+  check_sites([d.site])
+  sites, layers = tuple(d.get("sites", ()) or ()), tuple(d.get("layers", ()) or ())
+  need(all(isinstance(l, int) and l >= 0 for l in layers),
+       f"data.layers={layers} must be non-negative integers")
+  check_sites(sites, layers)
