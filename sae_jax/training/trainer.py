@@ -152,7 +152,8 @@ class _Run:
 def data_pass_key(c: ml_collections.ConfigDict) -> tuple:
   """SAEs whose configs agree on this key see the same batches in the same order and
   can share one pass over the data (`train_many`)."""
-  return (c.seed, c.train.batch_size, c.train.n_devices, c.train.model_parallel)
+  return (c.seed, c.train.batch_size, c.train.n_devices, c.train.model_parallel,
+          c.data.get("shuffle_block_rows", 0), c.data.get("shuffle_buffer_blocks", 16))
 
 
 def train(c: ml_collections.ConfigDict, source: batches.ActivationSource, run_dir: str,
@@ -205,9 +206,13 @@ def train_many(configs: list[ml_collections.ConfigDict], source: batches.Activat
   desc = runs[0].info.get("run_id", "train") if len(runs) == 1 else f"{len(runs)} SAEs"
   bar = tqdm(total=end, initial=start, unit="step", desc=desc, leave=False,
              disable=not (progress and distributed.is_primary()))
-  with jax.set_mesh(mesh):
-    for step, x in batches.stream(source, B, seed, start, end, rows=rows):
-      x = distributed.global_batch(batch_sh, x, B)
+  d = runs[0].c.data
+  order = (batches.BlockOrder(d.shuffle_block_rows, d.shuffle_buffer_blocks)
+           if d.get("shuffle_block_rows") else None)
+  host_batches = batches.stream(source, B, seed, start, end, rows=rows, order=order)
+  with jax.set_mesh(mesh):  # the next batch is sent to the devices while this one trains
+    for step, x in batches.prefetch_to_device(
+        host_batches, lambda x: distributed.global_batch(batch_sh, x, B)):
       for run in runs:
         if run.start_step <= step < run.n_steps:
           m = run.step(step, x)
