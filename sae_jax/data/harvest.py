@@ -43,7 +43,7 @@ def cache_settings(cfg, weights_hash: str, layer: int, corpus_hash: str) -> dict
       exclude_first=bool(d.exclude_first), corpus=d.corpus, corpus_hash=corpus_hash,
       n_train_tokens=int(d.n_train_tokens), n_eval_tokens=int(d.n_eval_tokens),
       eval_doc_fraction=float(d.eval_doc_fraction), shard_tokens=int(d.shard_tokens),
-      torch_dtype=d.torch_dtype, seed=int(cfg.seed))
+      torch_dtype=data_settings.torch_dtype(d), seed=int(cfg.seed))
 
 
 def cache_key(settings: dict) -> str:
@@ -196,7 +196,8 @@ def _harvest(cfg, root: str, info: dict, layer: int, docs, settings: dict, key: 
   files.write_json_atomic(progress_path, state)
 
   _say(f"loading {d.model} to harvest layer {layer} into {final}", progress)
-  model, tokenizer, _ = lm_lib.load_lm(d.model, d.device, d.torch_dtype, cache_dir=root)
+  model, tokenizer, _ = lm_lib.load_lm(d.model, d.device, data_settings.torch_dtype(d),
+                                       cache_dir=root)
   train_docs, eval_docs = _split_docs(d.corpus, docs, d.eval_doc_fraction, cfg.seed)
   try:  # both splits' contexts first: a too-small corpus fails before any LM work
     tokens = {split: context_tokens(tokenizer, split_docs, n_tok[split], d.context_length,
