@@ -97,8 +97,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.eval_doc_fraction = 0.1  # fraction of documents reserved for evaluation
   c.data.dtype = "float16"  # storage dtype of the cache: float16 or bfloat16
   c.data.shard_tokens = 65_536  # activation rows per shard file
+  # Training order (sae_jax.data.batches): 0 reads random rows; > 0 shuffles blocks of this
+  # many consecutive rows and reads shuffle_buffer_blocks of them at a time into an
+  # in-memory shuffle buffer (large sequential reads: for caches larger than memory).
+  c.data.shuffle_block_rows = 0
+  c.data.shuffle_buffer_blocks = 16
   c.data.lm_batch_size = 32  # contexts per LM forward pass while harvesting
-  c.data.torch_dtype = "float32"  # dtype of the LM forward pass
+  # dtype of the LM forward pass; None: bfloat16 on CUDA, float32 on CPU (data.settings)
+  c.data.torch_dtype = ml_collections.FieldReference(None, field_type=str)
   c.data.device = "cpu"  # torch device for the LM
   c.data.cache_dir = ml_collections.FieldReference(None, field_type=str)  # None: ~/.cache/sae_jax
   c.data.generator = ml_collections.ConfigDict(synthetic.GeneratorConfig().to_dict())
@@ -244,6 +250,7 @@ def resolve(c: ml_collections.ConfigDict, d_in: int | None = None, stats: dict |
       raise ConfigError(f"k={c.sae.k} exceeds n_latents={c.sae.n_latents}; lower k or raise n_latents")
   else:
     c.sae.sparsity_coefficient = float(c.sae.sparsity_coefficient)
+  c.data.torch_dtype = data_settings.torch_dtype(c.data)  # by device when unset
   if c.train.token_budget is None:
     c.train.token_budget = c.data.n_train_tokens
   c.train.token_budget = int(c.train.token_budget)

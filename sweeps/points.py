@@ -101,6 +101,9 @@ def run_id(point: dict, resolved: ml_collections.ConfigDict) -> str:
   identity["train"].pop("sparse_impl", None)  # likewise
   if identity["sae"].get("input_scale") is None:
     identity["sae"].pop("input_scale", None)  # measured at training (as before the field)
+  if not identity["data"].get("shuffle_block_rows"):  # random rows: as before the fields
+    identity["data"].pop("shuffle_block_rows", None)
+    identity["data"].pop("shuffle_buffer_blocks", None)
   if identity["train"].get("compute_dtype") == "float32":
     del identity["train"]["compute_dtype"]  # the default, as before the field existed
   digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str)

@@ -75,13 +75,17 @@ def test_batches_are_deterministic_and_tile_each_epoch():
   assert not np.array_equal(batches.batch_rows(n, B, 3, 5), batches.batch_rows(n, B, 4, 5))
 
 
-def test_resume_is_bitwise_equal(tmp_path):
+@pytest.mark.parametrize("block_rows", [0, 384])  # random rows; shuffled blocks (ragged)
+def test_resume_is_bitwise_equal(tmp_path, block_rows):
   """A run stopped after a checkpoint and relaunched ends in the same state as one that
   was never stopped (same data order, same float results on CPU)."""
   source = _source()
-  full = trainer.train(_config(n_devices=1), source, str(tmp_path / "full"), progress=False)
+  cfg = _config(n_devices=1)
+  cfg.data.shuffle_block_rows, cfg.data.shuffle_buffer_blocks = block_rows, 3
+  full = trainer.train(cfg, source, str(tmp_path / "full"), progress=False)
 
   part_cfg = _config(n_devices=1)
+  part_cfg.data.shuffle_block_rows, part_cfg.data.shuffle_buffer_blocks = block_rows, 3
   part_cfg.train.token_budget = 4096  # same run...
   # ...interrupted: train only the first 6 steps by giving the stream an early end.
   original = batches.stream

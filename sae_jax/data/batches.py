@@ -3,13 +3,26 @@ deterministic, resumable, prefetching batch stream over an activation cache.
 
 The stream's position is one integer (the step): batch s of a run is always the same
 rows, so a resumed run sees exactly the data an uninterrupted run would.
+
+Two orders, both functions of (seed, step) only:
+  random rows (`batch_rows`)     each epoch a permutation of the rows; a batch reads rows
+                                 from anywhere in the cache (fine when it fits in memory);
+  shuffled blocks (`BlockOrder`) each epoch a permutation of blocks of `block_rows`
+                                 consecutive rows, read `buffer_blocks` blocks at a time
+                                 (large sequential reads) into an in-memory shuffle buffer
+                                 whose rows are permuted; for caches larger than memory
+                                 (`data.shuffle_block_rows`).
+The stream reads ahead on a thread, and `prefetch_to_device` keeps the next batch already
+on its way to the device while the step runs (double buffering).
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import queue
 import threading
-from typing import Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import jax.numpy as jnp
 import numpy as np
@@ -88,25 +101,110 @@ def _permutation(n_rows: int, seed: int, epoch: int) -> np.ndarray:
   return _PERM_CACHE[key]
 
 
+@dataclasses.dataclass(frozen=True)
+class BlockOrder:
+  """Block-shuffled order: epoch e permutes the blocks of `block_rows` consecutive rows
+  with a generator seeded by (seed, e) (a shorter last block stays last); each window of
+  `buffer_blocks` consecutive blocks of that permutation is one shuffle buffer whose rows
+  are permuted by (seed, e, window). Epoch orders are concatenated and cut into batches as
+  `batch_rows` does, so batch s is a function of (seed, s) and resume is exact."""
+  block_rows: int
+  buffer_blocks: int
+
+  @property
+  def window_rows(self) -> int:
+    """Rows of one shuffle buffer."""
+    return self.block_rows * self.buffer_blocks
+
+  def epoch_order(self, n_rows: int, seed: int, epoch: int) -> np.ndarray:
+    """The rows of epoch `epoch` in stream order, int64 [n_rows]."""
+    key = ("blocks", n_rows, seed, epoch, self.block_rows, self.buffer_blocks)
+    if key not in _PERM_CACHE:
+      n_full = n_rows // self.block_rows  # a shorter last block stays last, so that every
+      blocks = np.random.default_rng([seed, epoch, 1]).permutation(n_full)  # window but the
+      if n_rows % self.block_rows:  # last holds exactly window_rows rows
+        blocks = np.append(blocks, n_full)
+      n_blocks = len(blocks)
+      out = []
+      for w in range(0, n_blocks, self.buffer_blocks):
+        rows = np.concatenate([np.arange(b * self.block_rows, min(n_rows, (b + 1) * self.block_rows))
+                               for b in blocks[w:w + self.buffer_blocks]])
+        out.append(rows[np.random.default_rng([seed, epoch, 2, w]).permutation(len(rows))])
+      _PERM_CACHE.clear()
+      _PERM_CACHE[key] = np.concatenate(out)
+    return _PERM_CACHE[key]
+
+
+def ordered_rows(n_rows: int, batch_size: int, seed: int, step: int,
+                 order: BlockOrder | None = None) -> np.ndarray:
+  """Rows of training batch `step` under `order` (None: random rows, `batch_rows`), in
+  stream order (unsorted for blocks: a batch is a slice of the shuffle buffer)."""
+  if order is None:
+    return batch_rows(n_rows, batch_size, seed, step)
+  start, out = step * batch_size, []
+  while sum(map(len, out)) < batch_size:
+    epoch, offset = divmod(start, n_rows)
+    take = min(batch_size - sum(map(len, out)), n_rows - offset)
+    out.append(order.epoch_order(n_rows, seed, epoch)[offset:offset + take])
+    start += take
+  return np.concatenate(out)
+
+
+class _BufferedReader:
+  """Reads a block-ordered stream window by window: each shuffle buffer's rows are read
+  once, sorted (sequential runs of block_rows rows), and batches are gathered from
+  memory. Holds at most two windows (a batch may straddle a window boundary)."""
+
+  def __init__(self, source, split: str, n_rows: int, seed: int, order: BlockOrder):
+    self.source, self.split, self.n_rows, self.seed, self.order = source, split, n_rows, seed, order
+    self.windows: dict = {}
+
+  def _window(self, epoch: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    if (epoch, w) not in self.windows:
+      size = self.order.window_rows
+      rows = np.sort(self.order.epoch_order(self.n_rows, self.seed, epoch)[w * size:(w + 1) * size])
+      self.windows = {k: v for k, v in self.windows.items() if k > (epoch, w - 2)}
+      self.windows[(epoch, w)] = (rows, self.source.read(self.split, rows))
+    return self.windows[(epoch, w)]
+
+  def read(self, batch_size: int, step: int) -> np.ndarray:
+    size = self.order.window_rows
+    rows = ordered_rows(self.n_rows, batch_size, self.seed, step, self.order)
+    pos = step * batch_size + np.arange(batch_size)  # stream positions
+    epoch, offset = np.divmod(pos, self.n_rows)
+    out = np.empty((batch_size, self.source.d_in), np.float32)
+    for key in sorted(set(zip(epoch.tolist(), (offset // size).tolist()))):
+      sel = (epoch == key[0]) & (offset // size == key[1])
+      w_rows, w_data = self._window(*key)
+      out[sel] = w_data[np.searchsorted(w_rows, rows[sel])]
+    return out
+
+
 def stream(source: ActivationSource, batch_size: int, seed: int, start_step: int,
            end_step: int, prefetch: int = 4, split: str = "train",
-           rows: tuple[int, int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+           rows: tuple[int, int] | None = None, order: BlockOrder | None = None
+           ) -> Iterator[tuple[int, np.ndarray]]:
   """Yield (step, x_BxD float32) for steps [start_step, end_step), read by a background
   thread `prefetch` batches ahead so reading overlaps the train step.
 
   rows: only this [lo, hi) part of each batch (a process's share in a multi-host run).
+  order: None for random rows, or a `BlockOrder` (read through an in-memory shuffle buffer).
   """
   lo, hi = rows or (0, batch_size)
   n_rows = source.n_tokens(split)
   q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
   stop = threading.Event()
+  buffered = None if order is None else _BufferedReader(source, split, n_rows, seed, order)
 
   def worker():
     try:
       for step in range(start_step, end_step):
         if stop.is_set():
           return
-        x = source.read(split, batch_rows(n_rows, batch_size, seed, step)[lo:hi])
+        if buffered is None:
+          x = source.read(split, batch_rows(n_rows, batch_size, seed, step)[lo:hi])
+        else:
+          x = buffered.read(batch_size, step)[lo:hi]
         q.put((step, x))
       q.put(None)
     except BaseException as e:  # surfaced in the consumer
@@ -126,6 +224,20 @@ def stream(source: ActivationSource, batch_size: int, seed: int, start_step: int
     stop.set()
     while not q.empty():
       q.get_nowait()
+
+
+def prefetch_to_device(batches_it: Iterator[tuple[int, Any]], put: Callable[[Any], Any],
+                       size: int = 2) -> Iterator[tuple[int, Any]]:
+  """(step, put(x)) for each batch, with `size` batches already put (double buffering for
+  2): `put` (e.g. `jax.device_put`) is asynchronous, so the next batch's host-to-device copy
+  runs while the step on the current one does (as flax's `prefetch_to_device`)."""
+  buf: collections.deque = collections.deque()
+  for step, x in batches_it:
+    buf.append((step, put(x)))
+    if len(buf) >= size:
+      yield buf.popleft()
+  while buf:
+    yield buf.popleft()
 
 
 def eval_batches(source: ActivationSource, batch_size: int, split: str = "eval"

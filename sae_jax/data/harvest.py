@@ -46,7 +46,7 @@ def cache_settings(cfg, weights_hash: str, layer: int, corpus_hash: str,
       exclude_first=bool(d.exclude_first), corpus=d.corpus, corpus_hash=corpus_hash,
       n_train_tokens=int(d.n_train_tokens), n_eval_tokens=int(d.n_eval_tokens),
       eval_doc_fraction=float(d.eval_doc_fraction), shard_tokens=int(d.shard_tokens),
-      torch_dtype=d.torch_dtype, seed=int(cfg.seed))
+      torch_dtype=data_settings.torch_dtype(d), seed=int(cfg.seed))
 
 
 def cache_key(settings: dict) -> str:
@@ -235,7 +235,8 @@ def _harvest(cfg, root: str, info: dict, docs, todo: dict, progress: bool) -> di
   n_shards = {s: math.ceil(n_tok[s] / d.shard_tokens) for s in cache_lib.SPLITS}
   what = ", ".join(f"layer {l} {s}" for l, s in todo)
   _say(f"loading {d.model} to harvest {what}", progress)
-  model, tokenizer, _ = lm_lib.load_lm(d.model, d.device, d.torch_dtype, cache_dir=root)
+  model, tokenizer, _ = lm_lib.load_lm(d.model, d.device, data_settings.torch_dtype(d),
+                                       cache_dir=root)
   for _, site in todo:  # before anything is written
     if site != "residual":
       lm_lib.check_site_available(model, site)

@@ -50,6 +50,15 @@ def check_sites(sites, layers=()) -> None:
 DTYPES = ("float16", "bfloat16")  # storage dtypes of the activation cache
 
 
+def torch_dtype(d) -> str:
+  """The LM forward's dtype: data.torch_dtype, or when unset bfloat16 on a CUDA device (its
+  tensor cores' format; activations are stored as float16/bfloat16 anyway) and float32
+  elsewhere (a CPU gains nothing from bfloat16)."""
+  if d.get("torch_dtype") is not None:
+    return d.torch_dtype
+  return "bfloat16" if str(d.device).startswith("cuda") else "float32"
+
+
 def validate(d) -> None:
   """Check a `data` block (a ConfigDict or anything with its attributes).
 
@@ -81,3 +90,11 @@ def validate(d) -> None:
   need(all(isinstance(l, int) and l >= 0 for l in layers),
        f"data.layers={layers} must be non-negative integers")
   check_sites(sites, layers)
+  need(d.get("torch_dtype") in (None, "float32", "bfloat16", "float16"),
+       f"data.torch_dtype={d.get('torch_dtype')!r} is not float32, bfloat16 or float16 "
+       "(or unset: bfloat16 on CUDA, float32 on CPU)")
+  need(d.get("shuffle_block_rows", 0) >= 0,
+       f"data.shuffle_block_rows={d.get('shuffle_block_rows')} must be 0 (random rows) or "
+       "a positive block size")
+  need(d.get("shuffle_buffer_blocks", 1) >= 1,
+       f"data.shuffle_buffer_blocks={d.get('shuffle_buffer_blocks')} must be at least 1")

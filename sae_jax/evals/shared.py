@@ -12,6 +12,7 @@ import numpy as np
 from sae_jax import files
 from sae_jax.data import corpus
 from sae_jax.data import lm as lm_lib
+from sae_jax.data import settings as data_settings
 from sae_jax.errors import ConfigError
 from sae_jax.evals import probes
 
@@ -61,8 +62,8 @@ class Shared:
     if self._lm is None:
       d = self.cfg.data
       self._lm, self._tokenizer, _ = lm_lib.load_lm(
-          self.meta.get("model", d.model), d.device, self.meta.get("torch_dtype", d.torch_dtype),
-          cache_dir=files.cache_root(self.cfg.data.cache_dir))
+          self.meta.get("model", d.model), d.device,
+          self.meta.get("torch_dtype", data_settings.torch_dtype(d)), cache_dir=files.cache_root(self.cfg.data.cache_dir))
     return self._lm
 
   @property

@@ -128,7 +128,7 @@ def sparse_loss(params: Params, x_BxD: jax.Array, extras: dict, hp: base.Hyper, 
     raise ValueError(f"k={hp.k} exceeds n_latents={n_latents}")
   impl = hp.sparse_impl
   pre_BxN = jax.lax.stop_gradient(sparse.encoder_matmul(params, x_BxD, hp.compute_dtype))
-  cut = sparse.kth_largest(jax.nn.relu(pre_BxN), hp.k * B, impl)
+  cut = sparse.kth_largest(pre_BxN, hp.k * B, impl)  # of ReLU(pre)
   row_E, idx_E, vals_E = sparse.batch_select(pre_BxN, cut, hp.k * B, impl)
   pre_E = sparse.select(params["W_enc"], params["b_enc"], params["b_pre"], x_BxD, row_E, idx_E,
                         vals_E, impl)

@@ -58,7 +58,7 @@ from sae_jax.saes import pallas_kernels, sharded_topk
 _SOURCE = os.path.join(os.path.dirname(__file__), "kernels", "sparse_kernels.cc")
 _TARGETS = {"sae_topk": "SaeTopK", "sae_decode": "SaeDecode", "sae_gather_dot": "SaeGatherDot",
             "sae_scatter_rows": "SaeScatterRows", "sae_scatter_cols": "SaeScatterCols",
-            "sae_batch_select": "SaeBatchSelect"}
+            "sae_batch_select": "SaeBatchSelect", "sae_kth_largest": "SaeKthLargest"}
 IMPLS = ("xla", "cpu_kernels", "pallas_gpu", "pallas_interpret")
 _INF_BITS = 0x7F800000  # bit pattern of +inf, the largest non-NaN float32
 CONFIG_IMPLS = ("xla", "cpu_kernels", "pallas_gpu")  # train.sparse_impl (None: by backend)
@@ -221,14 +221,15 @@ def _threshold_bits(v_M: jax.Array, m: int) -> jax.Array:
 
 
 def kth_largest(v_M: jax.Array, m: int, impl: str = "xla") -> jax.Array:
-  """The m-th largest entry of a non-negative float32 array (any shape), exactly: BatchTopK's
-  cut, the k·B-th largest ReLU pre-activation of the batch (Bussmann et al. 2024, Sec. 3).
+  """The m-th largest entry of ReLU(v) (v float32, any shape), exactly: BatchTopK's cut, the
+  k·B-th largest ReLU pre-activation of the batch (Bussmann et al. 2024, Sec. 3). Negative
+  entries count as 0 (so v = pre needs no ReLU pass), NaN as +inf.
 
   A radix select over the int32 bit patterns of the values (`_threshold_bits`), where a
   bisection needs 31 compare-and-count passes and `lax.top_k` with k in the tens of
   thousands sorts:
-    "xla", "cpu_kernels": two histogram passes (scatter-adds): the top 15 bits, then the
-      low 16 bits of the values in the chosen bin;
+    "xla": two histogram passes (scatter-adds): the top 15 bits, then the low 16 bits of
+      the values in the chosen bin; "cpu_kernels": the same two passes in C++;
     Pallas impls: 8 passes of `pallas_kernels.radix_counts`, each counting the values at or
       above 16 edges, i.e. 4 bits of the answer per pass (a GPU histogram would need atomics,
       all contending on the bin of 0 that holds about half of the ReLU outputs).
@@ -238,6 +239,9 @@ def kth_largest(v_M: jax.Array, m: int, impl: str = "xla") -> jax.Array:
   """
   _check(impl)
   bits_M = _threshold_bits(v_M, m)
+  if impl == "cpu_kernels":  # the same two passes in C++, over v itself (ReLU as it reads)
+    return jax.ffi.ffi_call("sae_kth_largest", jax.ShapeDtypeStruct((), jnp.float32))(
+        v_M.astype(jnp.float32).reshape(-1), jnp.int32(m))
   if impl in _PALLAS:
     padded = pallas_kernels.pad_bits(bits_M)
     R, lo, width = pallas_kernels.RADIX, jnp.int32(0), 1 << 31  # answer in [lo, lo + width)

@@ -215,7 +215,8 @@ class _Run:
 def data_pass_key(c: ml_collections.ConfigDict) -> tuple:
   """SAEs whose configs agree on this key see the same batches in the same order and
   can share one pass over the data (`train_many`)."""
-  return (c.seed, c.train.batch_size, c.train.n_devices, c.train.model_parallel)
+  return (c.seed, c.train.batch_size, c.train.n_devices, c.train.model_parallel,
+          c.data.get("shuffle_block_rows", 0), c.data.get("shuffle_buffer_blocks", 16))
 
 
 def train(c: ml_collections.ConfigDict, source: batches.ActivationSource, run_dir: str,
@@ -286,9 +287,13 @@ def train_many(configs: list[ml_collections.ConfigDict], source: batches.Activat
           run.ckpt.close()
       raise e
 
-  with jax.set_mesh(mesh):
-    for step, x in batches.stream(source, B, seed, start, end, rows=rows):
-      x = distributed.global_batch(batch_sh, x, B)
+  d = runs[0].c.data
+  order = (batches.BlockOrder(d.shuffle_block_rows, d.shuffle_buffer_blocks)
+           if d.get("shuffle_block_rows") else None)
+  host_batches = batches.stream(source, B, seed, start, end, rows=rows, order=order)
+  with jax.set_mesh(mesh):  # the next batch is sent to the devices while this one trains
+    for step, x in batches.prefetch_to_device(
+        host_batches, lambda x: distributed.global_batch(batch_sh, x, B)):
       for j, run in enumerate(runs):
         if j not in failed and run.start_step <= step < run.n_steps:
           try:

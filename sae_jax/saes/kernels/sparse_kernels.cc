@@ -13,6 +13,10 @@
 //   sae_batch_select  pre[B,N], cut[]           -> row[E], idx[E], vals[E]: the entries with
 //                     pre >= cut and pre > 0 in row-major order, the first E of them; the
 //                     rest padded with (B-1, 0, 0.0)   (BatchTopK's code)
+//   sae_kth_largest   v[M], m[]                 -> out[]: the m-th largest of ReLU(v), by a
+//                     radix select over the float bits (NaN counts as +inf): a histogram
+//                     of the top 15 bits, then of the low 16 bits inside the chosen bin
+//                     (BatchTopK's cut; 2 passes where a bisection takes 31)
 //
 // Work is split over XLA's intra-op thread pool; the calling thread takes chunks too, so
 // the result never waits on a pool thread that is busy elsewhere.
@@ -307,6 +311,52 @@ ffi::Error BatchSelectImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> pre, ffi:
   return ffi::Error::Success();
 }
 
+// Bits of ReLU(v) as an ordered int: negative floats (and -0.0) -> 0, NaN -> +inf's bits.
+inline int32_t ThresholdBits(float a) {
+  int32_t b;
+  std::memcpy(&b, &a, sizeof(b));
+  return b < 0 ? 0 : std::min<int32_t>(b, 0x7F800000);
+}
+
+ffi::Error KthLargestImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::S32> m_buf,
+                          ffi::ResultBuffer<ffi::F32> out) {
+  const float* x = v.typed_data();
+  int64_t M = v.element_count(), m = m_buf.typed_data()[0];
+  if (m < 1 || m > M) return ffi::Error::InvalidArgument("sae_kth_largest: m out of range");
+  int64_t chunks = Chunks(pool, M, 1 << 16);
+  // One pass: per-chunk histograms of `bins` bins of key(bits) (key < 0: skipped), summed;
+  // then the largest bin j with count(bins >= j) >= need, and count(bins > j).
+  auto select = [&](int64_t bins, auto key, int64_t need, int64_t* above) {
+    std::vector<uint32_t> hist(chunks * bins, 0);
+    ParallelFor(pool, chunks, [&](int64_t ch) {
+      uint32_t* h = hist.data() + ch * bins;
+      for (int64_t i = M * ch / chunks; i < M * (ch + 1) / chunks; ++i) {
+        int32_t k = key(ThresholdBits(x[i]));
+        if (k >= 0) ++h[k];
+      }
+    });
+    int64_t acc = 0;
+    for (int64_t j = bins - 1; j >= 0; --j) {
+      int64_t c = 0;
+      for (int64_t ch = 0; ch < chunks; ++ch) c += hist[ch * bins + j];
+      if (acc + c >= need) {
+        *above = acc;
+        return j;
+      }
+      acc += c;
+    }
+    *above = acc;
+    return int64_t{0};
+  };
+  int64_t above1 = 0, above2 = 0;
+  int64_t hi = select(1 << 15, [](int32_t b) { return b >> 16; }, m, &above1);
+  int64_t lo = select(1 << 16, [hi](int32_t b) { return (b >> 16) == hi ? (b & 0xFFFF) : -1; },
+                      m - above1, &above2);
+  int32_t bits = static_cast<int32_t>((hi << 16) | lo);
+  std::memcpy(out->typed_data(), &bits, sizeof(bits));
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SaeTopK, TopKImpl,
@@ -360,4 +410,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SaeBatchSelect, BatchSelectImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SaeKthLargest, KthLargestImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
