@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import scipy.stats
 
-from analysis.fitting import LOSS_KEY, LawFit, fit_law
+from analysis.fitting import LOSS_KEY, fit_law
 from analysis.results import get_field, group_runs, run_key
 from analysis._warn import warn_caller
 from sae_jax.errors import ConfigError
