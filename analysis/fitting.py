@@ -484,9 +484,11 @@ def fit_law(law: str | laws_lib.Law, x: Any, y: Sequence[float] | np.ndarray, *,
     seed: the bootstrap seed.
     warn: warn (UserWarning) when the fit is degenerate.
     clusters: (P,) the run of each point, when points share a run's noise (several
-      evaluations of one run): the standard errors are then cluster-robust (scores
-      summed per run), `ci95` uses t on G - 1 dof (G runs), and the bootstrap behind
-      the bands draws whole runs. Without, points are independent: t on P - Q dof.
+      evaluations of one run): the standard errors are then, per parameter, the larger
+      of the cluster-robust sandwich (scores summed per run) and the delete-one-run
+      jackknife (Cameron & Miller 2015, Sec. VI; with 5-6 runs neither alone covered),
+      `ci95` uses t on G - 1 dof (G runs), and the bootstrap behind the bands draws
+      whole runs. Without, points are independent: t on P - Q dof.
       (A cluster-bootstrap percentile interval covered far less than 95% in
       benchmarks/fit_coverage.py; the t x sandwich intervals are what it validates.)
 
@@ -554,6 +556,10 @@ def _fit_law(law, xs, y_P, u, mu, logy, starts, variables, huber_delta, n_bootst
                  f"add distinct values of {', '.join(variables.values())}")
   elif P > Q:
     cov = T @ _sandwich_cov(J, r_P, huber_delta, clusters) @ T.T
+    if clusters is not None:  # few runs: neither estimate alone covers (fit_coverage.py)
+      cov_j = _jackknife_cov(Fs, logy, theta_c, huber_delta, clusters, T)
+      if cov_j is not None:
+        cov = _larger_errors(cov, cov_j)
     se_theta = np.sqrt(np.clip(np.diag(cov), 0, None))
   stderr = {p: float(params[p] * s if p in law.log_params else s)
             for p, s in zip(law.params, se_theta)}
@@ -578,7 +584,8 @@ def _fit_law(law, xs, y_P, u, mu, logy, starts, variables, huber_delta, n_bootst
   else:
     t = float(scipy.stats.t.ppf(0.975, dof))
     method = (f"t ({dof} dof) x sandwich standard error" if clusters is None else
-              f"t ({dof} dof) x cluster-robust sandwich standard error ({G} runs)")
+              f"t ({dof} dof) x the larger of the cluster-robust sandwich and the "
+              f"delete-one-run jackknife standard errors ({G} runs)")
     for p, v, s in zip(law.params, theta, se_theta):
       if math.isfinite(s):
         lo, hi = v - t * s, v + t * s
@@ -629,6 +636,36 @@ def _fit_law(law, xs, y_P, u, mu, logy, starts, variables, huber_delta, n_bootst
                 seed=int(seed), n_bootstrap_excluded=n_excluded, degenerate=degenerate,
                 note=note, ci95_method=method, no_interval=no_interval, dof=dof,
                 cov=[[float(v) for v in row] for row in cov])
+
+
+def _larger_errors(cov_a: np.ndarray, cov_b: np.ndarray) -> np.ndarray:
+  """The covariance with, per parameter, the larger of the two standard errors and the
+  correlations of `cov_b` (a diagonal rescaling of a covariance: still positive
+  semi-definite)."""
+  sa, sb = np.sqrt(np.clip(np.diag(cov_a), 0, None)), np.sqrt(np.clip(np.diag(cov_b), 0, None))
+  with np.errstate(divide="ignore", invalid="ignore"):
+    corr = np.where(np.outer(sb, sb) > 0, cov_b / np.outer(sb, sb), np.eye(len(sb)))
+  se = np.maximum(sa, sb)
+  return corr * np.outer(se, se)
+
+
+def _jackknife_cov(Fs, logy, theta_c, delta, clusters, T) -> np.ndarray | None:
+  """Delete-one-run jackknife covariance of theta (CR3-like; Cameron & Miller 2015, Sec.
+  VI.B): (G-1)/G sum_g (theta_(g) - mean)(...)^T over the G refits without run g."""
+  groups = _cluster_index(clusters)
+  G = len(groups)
+  if G < 3:
+    return None
+  P = len(logy)
+  thetas = []
+  for g in groups:
+    keep = np.setdiff1d(np.arange(P), g)
+    tb, _ = _minimise([F[keep] for F in Fs], logy[keep], [theta_c], delta, ftol=1e-12)
+    if tb is None:
+      return None
+    thetas.append(T @ tb)
+  D = np.array(thetas) - np.mean(thetas, axis=0)
+  return (G - 1) / G * D.T @ D
 
 
 def _cluster_index(clusters) -> list[np.ndarray]:

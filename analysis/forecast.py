@@ -30,7 +30,7 @@ from analysis._warn import warn_caller
 from analysis.fitting import LOSS_KEY, LawFit
 from analysis.report import parse_filters
 from analysis.results import get_field, is_usable, load_results
-from analysis.sweep_fits import DATA_SETTINGS, group_key
+from analysis.sweep_fits import mixes_data_settings, group_key
 from sae_jax import files
 from sae_jax.errors import ConfigError
 
@@ -38,7 +38,7 @@ from sae_jax.errors import ConfigError
 def _group(records: Sequence[Mapping[str, Any]], k: int | None) -> tuple[str, list[Mapping]]:
   """The records of one (architecture, k, data settings) group; ConfigError if ambiguous."""
   multi_arch = len({r.get("architecture") for r in records}) > 1
-  multi_data = len({tuple(r.get(f) for f in DATA_SETTINGS) for r in records}) > 1
+  multi_data = mixes_data_settings(records)
   if multi_arch or multi_data:
     raise ConfigError("the records mix architectures or data settings; pick one with "
                       "--filter architecture=... --filter layer=...")

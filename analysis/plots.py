@@ -24,7 +24,7 @@ from matplotlib.lines import Line2D
 
 from analysis.fitting import LOSS_KEY, LawFit
 from analysis.results import is_usable
-from analysis.sweep_fits import DATA_SETTINGS, fit_scaling_laws, group_key
+from analysis.sweep_fits import mixes_data_settings, fit_scaling_laws, group_key
 from analysis.laws import LAWS
 from analysis.plot_style import (LINESTYLES, LOSS_LABEL, N_CMAP, PALETTE,
                                  STYLE, empty_axes, log_axis, loss_tick_label, new_figure,
@@ -106,7 +106,7 @@ def format_param(fit: Mapping[str, Any], name: str, digits: int = 2) -> str:
 
 def _final_groups(records, loss_key):
   multi_arch = len({r.get("architecture") for r in records}) > 1
-  multi_data = len({tuple(r.get(f) for f in DATA_SETTINGS) for r in records}) > 1
+  multi_data = mixes_data_settings(records)
   groups: dict[str, list[Mapping]] = {}
   for r in records:
     if r.get("final") is True and is_usable(r, "n_latents", loss_key):

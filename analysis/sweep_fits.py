@@ -22,6 +22,13 @@ DATA_SETTINGS = ("model", "layer", "d_in")
 """The record fields that say which activations an SAE was trained on: a law holds for one."""
 
 
+def mixes_data_settings(records: Sequence[Mapping[str, Any]]) -> bool:
+  """True if the records differ in a `DATA_SETTINGS` field that every one of them has (a
+  field some records lack, e.g. written by an older version, does not split groups)."""
+  fields = [f for f in DATA_SETTINGS if all(r.get(f) is not None for r in records)]
+  return len({tuple(r.get(f) for f in fields) for r in records}) > 1
+
+
 def group_key(record: Mapping[str, Any], multi_architecture: bool = False,
               multi_data: bool = False) -> str:
   """The key of a record's group: "k=32", prefixed "topk, " if architectures mix and
@@ -31,14 +38,15 @@ def group_key(record: Mapping[str, Any], multi_architecture: bool = False,
   if multi_architecture:
     key = f"{record.get('architecture')}, {key}"
   if multi_data:
-    key += "".join(f", {f}={record.get(f)}" for f in DATA_SETTINGS)
+    key += "".join(f", {f}={record[f]}" for f in DATA_SETTINGS if record.get(f) is not None)
   return key
 
 
 def _data_key(record: Mapping[str, Any], multi_architecture: bool, multi_data: bool) -> str:
   """The key of (architecture, data settings) without k: the envelope over k and Eq. 3."""
   parts = ([str(record.get("architecture"))] if multi_architecture else []) + (
-      [f"{f}={record.get(f)}" for f in DATA_SETTINGS] if multi_data else [])
+      [f"{f}={record[f]}" for f in DATA_SETTINGS if record.get(f) is not None]
+      if multi_data else [])
   return ", ".join(parts) or "all"
 
 
@@ -154,7 +162,7 @@ def fit_scaling_laws(records: Sequence[Mapping[str, Any]], *, loss_key: str = LO
   for rid, msgs in run_warnings.items():
     for msg in msgs:
       warn_caller(f"run {rid}: {msg}")
-  multi_data = len({tuple(r.get(f) for f in DATA_SETTINGS) for r in records}) > 1
+  multi_data = mixes_data_settings(records)
   archs = {r.get("architecture") for r in records}
   multi_arch = len(archs) > 1
   groups_all = _groups(usable, multi_arch, multi_data)

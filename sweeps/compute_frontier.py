@@ -12,12 +12,14 @@ so every run's loss-vs-compute curve spans the compute range where the others ar
 
 Run time on a 2-core CPU, measured with the quickstart's cache present: 14 min 11 s (one
 data pass for all 6 SAEs, 6,400 steps, with the sparse step of `sae_jax.saes.sparse`). Add
-~5 min of harvest without the cache. What it found: L(C) = 7.4 C^(-0.124), 95% interval
-of the exponent [0.120, 0.130] over 45 frontier points; n_latents*(C) ~ C^0.49 [0.48,
-0.50] and tokens*(C) ~ C^0.51 [0.50, 0.52] from 8 interior compute levels. So at this
-scale the optimal number of features grows as fast as the optimal number of tokens, not
-faster as Templeton et al. 2024 found; the two extreme levels have their best n_latents
-at the edge of the sweep and are left out.
+~5 min of harvest without the cache. What it found: L(C) = 7.4 C^(-0.124) over 45
+frontier points; n_latents*(C) ~ C^0.49 from 8 interior compute levels (tokens*(C) ~
+C^0.51 is its complement, C = 12 d_in n D). So at this scale the optimal number of
+features grows as fast as the optimal number of tokens, not faster as Templeton et al.
+2024 found; the two extreme levels have their best n_latents at the edge of the sweep and
+are left out. (The intervals quoted here before came from a point bootstrap that the
+coverage benchmark showed far too narrow; `sae-jax fit` now gives validated ones -- not
+rerun here.)
 
     sae-jax sweep sweeps/compute_frontier.py
     sae-jax fit runs/compute_frontier

@@ -66,10 +66,26 @@ def test_compute_optimal_allocation_recovers_planted_exponents():
   assert abs(out["a"] / a_want - 1) < 0.05, out["a"]
   assert abs(out["b"] / b_want - 1) < 0.05, out["b"]
   assert out["features_grow_faster"] and abs(out["a_plus_b"] - 1) < 1e-6  # C = 12 d n D
-  lo, hi = out["n_latents_opt"]["ci95"]["b"]
-  assert lo < out["a"] < hi
+  # the levels interpolate the same runs: no interval is claimed from them
+  assert out["n_latents_opt"]["ci95"]["b"] is None
+  assert "not independent points" in out["n_latents_opt"]["no_interval"]
   assert sum(not lv["edge"] for lv in out["levels"]) >= 8
   json.dumps(out, allow_nan=False)
+
+
+def test_approach_3_recovers_the_planted_allocation_exponent():
+  """Hoffmann et al.'s Approach 3 on the same sweep: n* ~ C^(beta/(alpha+beta)) = C^(2/3),
+  reported once (D*'s exponent is its complement), inside its interval."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    out = optimal.chinchilla_allocation(_frontier_sweep(noise=0.005), n_bootstrap=0)
+  want = BETA_D / (ALPHA_N + BETA_D)
+  assert abs(out["n_opt_exponent"] / want - 1) < 0.05, out["n_opt_exponent"]
+  assert out["tokens_opt_exponent"] == pytest.approx(1 - out["n_opt_exponent"])
+  lo, hi = out["n_opt_exponent_ci95"]
+  assert lo < want < hi
+  n, d = optimal.allocation(out["fit"]["params"], 1e15, out["kappa"])
+  assert n * d * out["kappa"] == pytest.approx(1e15)
 
 
 def test_compute_optimal_needs_three_n_latents():

@@ -145,3 +145,23 @@ def test_fit_scaling_laws_records_per_k_errors_instead_of_failing():
 def test_fit_scaling_laws_rejects_empty():
   with pytest.raises(ConfigError, match="no records"):
     fit_scaling_laws([])
+
+
+def test_mixed_architectures_and_layers_are_fitted_per_group_and_say_so():
+  recs = _records([256, 512, 1024, 2048], 32)
+  recs += [dict(r, architecture="batchtopk", run_id=r["run_id"] + "_b") for r in recs]
+  for r in recs:
+    r["layer"] = 15
+  recs += [dict(r, layer=10, run_id=r["run_id"] + "_l10") for r in recs if r["architecture"] == "topk"]
+  with pytest.warns(UserWarning, match=r"mix 3 \(architecture, k, data settings\) groups: every "
+                                       r"law is fitted to each group separately"):
+    with warnings.catch_warnings():
+      warnings.filterwarnings("ignore", message="^(?!records mix)")
+      fits = fit_scaling_laws(recs, n_bootstrap=0)
+  keys = {"batchtopk, k=32, layer=15", "topk, k=32, layer=10", "topk, k=32, layer=15"}
+  assert set(fits["groups"]) == set(fits["L_N"]) == set(fits["L_C"]) == keys
+  for key in keys:
+    runs = fits["L_C"][key]["runs"]
+    assert len(runs) == 4 and len({r.split("_", 2)[-1] for r in runs}) == 1  # one group's runs
+    assert fits["L_N"][key]["runs"] == runs
+  assert "error" in fits["L_NK"]  # Eq. 3 needs one architecture and data setting
