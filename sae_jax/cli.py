@@ -5,6 +5,7 @@
     sae-jax sweep   FILE [--set ...] [--override-points] [--no-fit] [--dry-run]
                     [--executor inline|local|slurm] [--group-size G] [--slurm KEY=VALUE ...]
     sae-jax export  RUN_DIR [--out DIR]
+    sae-jax push    RUN_DIR REPO_ID [--subdir S] [--dry-run] [--out DIR] [--private]
     sae-jax fit     RESULTS [--out DIR] [--filter k=32 ...]
     sae-jax predict RESULTS --n-latents N --k K --tokens T
     sae-jax plan    RESULTS --compute C [--k K] [--write FILE]
@@ -137,6 +138,16 @@ def _export(args) -> None:
   print(export.export(args.run_dir, args.out))
 
 
+def _push(args) -> None:
+  from sae_jax.tools import hub  # heavy: orbax, the data layer
+  folder, listed = hub.push(args.run_dir, args.repo_id, args.subdir, args.out,
+                            dry_run=args.dry_run, private=args.private)
+  verb = "would upload" if args.dry_run else "uploaded"
+  print(f"{folder}: {verb} {len(listed)} files to https://huggingface.co/{args.repo_id}")
+  for path, n in listed:
+    print(f"  {path}  ({n:,} bytes)")
+
+
 def _eval(args) -> None:
   from analysis import eval_plots  # heavy: matplotlib, torch, transformers
   from sae_jax.evals import suite
@@ -259,6 +270,20 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("run_dir", help="a run directory, e.g. runs/quickstart/<run_id>")
   p.add_argument("--out", help="output directory (default RUN_DIR/export)")
   p.set_defaults(fn=_export)
+
+  p = sub.add_parser("push", help="upload a finished run to the Hugging Face Hub",
+                     description="Build RUN_DIR/hub/ (SAELens's cfg.json + "
+                     "sae_weights.safetensors, our config.json + sae.safetensors, records.json, "
+                     "sparsity.safetensors) and upload it with huggingface_hub's upload_folder. "
+                     "Load it back with sae_jax.tools.interchange.load('hf://REPO_ID/SUBDIR').")
+  p.add_argument("run_dir", help="a finished run directory, e.g. runs/quickstart/<run_id>")
+  p.add_argument("repo_id", help="owner/name of the model repository (created if missing)")
+  p.add_argument("--subdir", help="folder inside the repository (default: its root)")
+  p.add_argument("--out", help="where to build the folder (default RUN_DIR/hub)")
+  p.add_argument("--dry-run", action="store_true",
+                 help="build the folder and list what would go up; upload nothing")
+  p.add_argument("--private", action="store_true", help="create the repository private")
+  p.set_defaults(fn=_push)
 
   p = sub.add_parser("eval", help="evaluate SAEs: downstream loss, probes, ablation, explanations",
                      description="Gao et al. 2024's evaluation suite for a run directory (writes "

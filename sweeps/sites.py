@@ -10,7 +10,9 @@ SmolLM2 per batch of contexts, stopped after block 25, fills all nine
 tokens; per (layer, site) two SAEs, n_latents in {512, 2048} at k = 16, share one pass
 over its cache (18 SAEs in all).
 
-Run time: not yet measured.
+Run time: not yet measured. `sae-jax sweep sweeps/sites.py --dry-run` estimates 1.63e13
+training FLOPs (2.7 min at 0.1 TFLOP/s); a first attempt on the shared 2-core CPU (load
+average 12) harvested at ~30 tokens/s and was stopped.
 
     sae-jax sweep sweeps/sites.py
 """

@@ -208,3 +208,19 @@ def test_train_writes_the_config_and_records_of_its_run(sweep, tmp_path, capsys)
   cfg = json.loads((run / "config.json").read_text())
   assert cfg["sae"]["n_latents"] == 64 and cfg["train"]["token_budget"] == 1024
   assert json.loads((run / "records.json").read_text())[-1]["tokens"] == 1024
+
+
+def test_sweep_leaves_tensorboard_logs_with_every_scalar(uninterrupted):
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=import-outside-toplevel
+  from sae_jax.training import tracking  # pylint: disable=import-outside-toplevel
+  out, log = uninterrupted
+  assert f"training curves: tensorboard --logdir {os.path.join(out, 'tiny')}" in log
+  for run in (d for d in os.listdir(os.path.join(out, "tiny")) if d.startswith("n")):
+    acc = event_accumulator.EventAccumulator(os.path.join(out, "tiny", run, "tensorboard"),
+                                             size_guidance={event_accumulator.SCALARS: 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {tracking.tag("train", n) for n in tracking.TRAIN_SCALARS} <= tags, run
+    assert {tracking.tag("eval", n) for n in tracking.EVAL_SCALARS} <= tags, run
+    records = json.load(open(os.path.join(out, "tiny", run, "records.json")))
+    assert [e.step for e in acc.Scalars("eval/normalized_mse")] == [r["step"] for r in records]

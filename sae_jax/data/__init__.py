@@ -4,11 +4,14 @@ the activation cache, or the synthetic generator -> batches for the trainer.
     corpus      documents (embedded Shakespeare + KJV, local files, hub datasets), split
                 by document into train / eval, tokenised and packed into contexts
     lm          the language model: load (GGUF, hub, local), describe without loading,
-                the residual stream of a truncated forward
+                the residual stream of a truncated forward, any (layer, hook site)
+                from one forward (`activations`)
     cache       the on-disk activation cache: format, writer, reader (`ActivationCache`)
-    harvest     corpus -> LM -> cache (`get_or_harvest`), resumable
+    harvest     corpus -> LM -> cache (`get_or_harvest`), resumable; many (layer, site)
+                caches from one LM pass (`get_or_harvest_many`)
     synthetic   the ground-truth generator (planted features) as an activation source
     sources     picks the source of a config (`get_source`)
+    settings    the checks of the config's data block; the hook sites (`SITES`)
     batches     the `ActivationSource` interface, input normalisation and the
                 deterministic, resumable batch stream
 

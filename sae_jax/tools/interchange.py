@@ -1,6 +1,7 @@
 """Interchange with the SAE ecosystem, and one loader for every on-disk SAE.
 
-    params, cfg = load(path)          # run dir, export dir, SAELens dir or OpenAI .pt
+    params, cfg = load(path)          # run dir, export dir, SAELens dir, OpenAI .pt, or
+                                      # hf://owner/name[/subdir] (sae_jax.tools.hub)
     z, norm = encode(params, cfg, x_BxD)             # raw activations -> latents
     x_hat_BxD = decode(params, cfg, z, norm)          # latents -> raw activations
 
@@ -44,6 +45,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from sae_jax import files, saes
+from sae_jax.data import settings as data_settings
 from sae_jax.errors import ConfigError
 from sae_jax.tools import export, export_reference
 
@@ -52,6 +54,7 @@ SAELENS_WEIGHTS = "sae_weights.safetensors"
 SAELENS_VERSION = "6.0.0"  # the cfg.json layout written here (top-level fields + metadata)
 LN_EPS = 1e-5  # the eps of OpenAI's / SAELens' LN preprocessing
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+HF_PREFIX = "hf://"
 
 
 
@@ -115,9 +118,15 @@ def load(path: str) -> tuple[dict, dict]:
       (config.json + sae.safetensors), a SAELens directory (cfg.json +
       sae_weights.safetensors) or an OpenAI state dict file (.pt).
 
+    May be "hf://owner/name[/subdir]": that folder of a Hugging Face Hub repository,
+      fetched by `huggingface_hub.snapshot_download` (the hub cache first;
+      HF_HUB_OFFLINE=1 never touches the network), then read as above.
+
   Raises:
     ConfigError: nothing loadable at `path`, or a format that cannot be mapped exactly.
   """
+  if path.startswith(HF_PREFIX):
+    path = hf_download(path)
   if os.path.isfile(path) and path.endswith(".safetensors"):
     path = os.path.dirname(os.path.abspath(path))  # a weights file: its directory
   elif os.path.isfile(path):
@@ -144,6 +153,36 @@ def load(path: str) -> tuple[dict, dict]:
                     f"config.json, or {SAELENS_CFG} + {SAELENS_WEIGHTS}")
 
 
+def parse_hf_path(path: str) -> tuple[str, str]:
+  """"hf://owner/name[/subdir]" -> (repo_id, subdir or ""). Raises ConfigError."""
+  parts = [p for p in path[len(HF_PREFIX):].split("/") if p]
+  if len(parts) < 2:
+    raise ConfigError(f"{path!r} is not hf://owner/name[/subdir]")
+  return "/".join(parts[:2]), "/".join(parts[2:])
+
+
+def hf_download(path: str) -> str:
+  """The local folder of "hf://owner/name[/subdir]": `huggingface_hub.snapshot_download`
+  of that subdir only, served from the hub cache when it is there (HF_HUB_OFFLINE=1:
+  only from it).
+
+  Raises:
+    ConfigError: not cached while offline, not on the Hub, or no such folder.
+  """
+  import huggingface_hub  # pylint: disable=import-outside-toplevel  # only for hf:// paths
+  repo_id, subdir = parse_hf_path(path)
+  try:
+    root = huggingface_hub.snapshot_download(
+        repo_id, allow_patterns=[f"{subdir}/*"] if subdir else None)
+  except Exception as e:  # pylint: disable=broad-except
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    raise ConfigError(f"cannot fetch {path}: {type(e).__name__}: {first}") from None
+  folder = os.path.join(root, subdir)
+  if not os.path.isdir(folder):
+    raise ConfigError(f"{path}: the repository {repo_id} has no folder {subdir!r}")
+  return folder
+
+
 def write_export(params: dict, cfg: dict, out_dir: str) -> str:
   """Write (params, cfg) as an export directory (sae.safetensors + config.json, as
   `sae_jax.tools.export`); returns out_dir."""
@@ -166,9 +205,10 @@ def _base_cfg(architecture: str, d_in: int, n_latents: int, input_norm: str, **k
 # -------------------------------------------------------------------------- SAELens
 
 
-def hook_name(layer: int | None) -> str | None:
-  """TransformerLens' name of our site: hidden_states[L] is the input of block L."""
-  return None if layer is None else f"blocks.{int(layer)}.hook_resid_pre"
+def hook_name(layer: int | None, site: str | None = None) -> str | None:
+  """TransformerLens' name of our hook site (`sae_jax.data.settings.SITES`; default
+  "residual": hidden_states[L], the input of block L)."""
+  return None if layer is None else data_settings.hook_name(site or "residual", int(layer))
 
 
 def to_saelens(path: str, out_dir: str) -> str:
@@ -223,7 +263,8 @@ def to_saelens(path: str, out_dir: str) -> str:
   model = cfg.get("model")
   model_name = SMOLLM2_HUB_ID if model == "smollm2" else model
   meta = {"sae_lens_version": SAELENS_VERSION, "sae_lens_training_version": None,
-          "model_name": model_name, "hook_name": hook_name(layer), "hook_layer": layer,
+          "model_name": model_name, "hook_name": hook_name(layer, cfg.get("site")),
+          "hook_layer": layer,
           "hook_head_index": None, "context_size": cfg.get("context_length"),
           "prepend_bos": False, "dataset_path": (cfg.get("training_config") or {}).get(
               "data", {}).get("corpus"), "model_from_pretrained_kwargs": {}}
@@ -238,7 +279,7 @@ def to_saelens(path: str, out_dir: str) -> str:
       "finetuning_scaling_factor": False, "dataset_trust_remote_code": True,
       "sae_jax": {"architecture": arch, "input_norm": norm,
                   "norm_scale": float(cfg.get("norm_scale") or 1.0), "k": cfg.get("k"),
-                  "model": model, "layer": layer},
+                  "model": model, "layer": layer, "site": cfg.get("site")},
   }
   if sl_arch == "topk":
     sl_cfg["k"] = int(cfg["k"])
@@ -374,6 +415,7 @@ def read_saelens(path: str, norm_scale: float | None = None) -> tuple[dict, dict
   cfg = _base_cfg(arch, d_in, n, input_norm, k=None if k is None else int(k),
                   norm_scale=scale, model=ours.get("model") or meta.get("model_name")
                   or sl.get("model_name"), layer=layer,
+                  **({"site": ours["site"]} if ours.get("site") else {}),
                   hook_name=meta.get("hook_name") or sl.get("hook_name"),
                   context_length=meta.get("context_size") or sl.get("context_size"),
                   imported_from=f"saelens:{os.path.abspath(path)}")

@@ -6,6 +6,7 @@
     trainer     `train` / `train_many`: one or many SAEs per pass over the data, the
                 evaluation schedule, records, checkpoints, exact resume
     metrics     normalized MSE, MSE, L0, dead / dense latents on the held-out split
+    tracking    training curves and held-out metrics to TensorBoard (and W&B)
     optimizer   Adam after the decoder-gradient projection (Gao et al. 2024)
     checkpoint  Orbax CheckpointManager: params, optimizer state, data position
     sharding    the (data, model) mesh and the state's shardings
