@@ -210,6 +210,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
   need(t.checkpoint_every_steps > 0,
        f"train.checkpoint_every_steps={t.checkpoint_every_steps} must be positive")
   data_settings.validate(d)
+  if d.source == "synthetic":
+    try:  # its own checks (ConfigError, prefixed data.generator. here)
+      synthetic.GeneratorConfig.from_config(d.generator)
+    except ConfigError as e:
+      raise ConfigError(f"data.generator.{e}") from None
+    except (MemoryError, OverflowError, ValueError) as e:  # numpy refusing its sizes
+      raise ConfigError(f"data.generator is too large to build ({e}); lower its "
+                        "n_features or d_in") from None
 
 
 def cache_root(c: ml_collections.ConfigDict | None = None) -> str:
