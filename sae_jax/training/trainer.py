@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from sae_jax import config as config_lib, files
 from sae_jax.data import batches
 from sae_jax.errors import ConfigError, TrainingDivergedError
-from sae_jax.training import checkpoint, distributed, flops, optimizer, sharding
+from sae_jax.training import checkpoint, distributed, flops, optimizer, sharding, signals
 from sae_jax.training.metrics import evaluate
 from sae_jax.training.step import StepConfig, TrainState, init_state, make_train_step
 
@@ -189,6 +189,15 @@ class _Run:
     return previous
 
 
+  def save_now(self, done: int) -> None:
+    """Checkpoint at step boundary `done` (a stop on a signal), unless just saved."""
+    if self.pending is not None:
+      self.check(*jax.device_get(self.pending))
+    if self.last_saved != done and done > self.start_step:
+      self.ckpt.save(done, self.state, {"records": self.records, "wall_time_s": self.wall_time(),
+                                        "initial_normalized_mse": self.initial_nmse})
+      self.last_saved = done
+
   def close(self) -> None:
     if self.pending is not None:
       self.check(*jax.device_get(self.pending))
@@ -269,7 +278,7 @@ def train_many(configs: list[ml_collections.ConfigDict], source: batches.Activat
           run.ckpt.close()
       raise e
 
-  with jax.set_mesh(mesh):
+  with jax.set_mesh(mesh), signals.deferred():
     for step, x in batches.stream(source, B, seed, start, end, rows=rows):
       x = distributed.global_batch(batch_sh, x, B)
       for j, run in enumerate(runs):
@@ -284,6 +293,14 @@ def train_many(configs: list[ml_collections.ConfigDict], source: batches.Activat
       bar.update(1)
       if len(failed) == len(runs):
         break
+      if signals.requested() is not None:  # SIGTERM / SIGINT: save at this boundary
+        bar.close()
+        for j, run in enumerate(runs):
+          if j not in failed and run.start_step <= step < run.n_steps:
+            run.save_now(step + 1)
+          if j not in failed:
+            run.ckpt.close()
+        raise signals.Interrupted(signals.requested(), f"checkpointed at step {step + 1}")
   bar.close()
   for j, run in enumerate(runs):
     if j not in failed:
