@@ -32,7 +32,7 @@ import sys
 
 from sae_jax import config as config_lib, files, overrides as overrides_lib
 from sae_jax.errors import ConfigError
-from sae_jax.training import distributed
+from sae_jax.training import distributed, signals
 from sweeps import points
 
 # Subcommands import their modules inside their functions, each marked "heavy": those
@@ -367,16 +367,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
+  handlers = {}
   try:
     if args.command in ("train", "sweep"):
+      handlers = signals.install()  # SIGTERM/SIGINT: checkpoint at the next step boundary
       distributed.initialize()  # multi-host when the environment says so (README)
     args.fn(args)
   except ConfigError as e:
     print(f"sae-jax: error: {e}", file=sys.stderr)
     return 2
+  except signals.Interrupted as e:
+    name = {15: "SIGTERM", 2: "SIGINT"}.get(e.signum, f"signal {e.signum}")
+    print(f"sae-jax: stopped on {name}{'; ' + e.where if e.where else ''}; rerun the same "
+          "command to resume", file=sys.stderr)
+    return 128 + e.signum
   except KeyboardInterrupt:
     print("sae-jax: interrupted; rerun the same command to resume", file=sys.stderr)
     return 130
+  finally:
+    signals.restore(handlers)
   return 0
 
 

@@ -378,6 +378,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
   need(isinstance(t.log_every_steps, int) and t.log_every_steps >= 1,
        f"train.log_every_steps={t.log_every_steps} must be a positive integer")
   data_settings.validate(d)
+  if d.source == "synthetic":
+    try:  # its own checks (ConfigError, prefixed data.generator. here)
+      synthetic.GeneratorConfig.from_config(d.generator)
+    except ConfigError as e:
+      raise ConfigError(f"data.generator.{e}") from None
+    except (MemoryError, OverflowError, ValueError) as e:  # numpy refusing its sizes
+      raise ConfigError(f"data.generator is too large to build ({e}); lower its "
+                        "n_features or d_in") from None
 
 
 def cache_root(c: ml_collections.ConfigDict | None = None) -> str:

@@ -17,6 +17,11 @@ class CacheCorruptError(ConfigError):
   sha256; the message names the file and how to rebuild it."""
 
 
+class CheckpointCorruptError(ConfigError):
+  """No checkpoint of a run can be read; the message names the directory and what to
+  delete to start over."""
+
+
 class TrainingDivergedError(ConfigError):
   """The loss became NaN or inf; the message names the step and the last good checkpoint
   (lower train.lr or check the activations)."""

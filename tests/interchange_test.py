@@ -3,6 +3,7 @@ SAELens files mean what SAELens computes, and OpenAI's TopK state dicts import t
 latents and reconstructions of their own forward. All files are built locally."""
 
 import json
+import os
 import math
 
 import numpy as np
@@ -230,3 +231,18 @@ def test_foreign_configs_that_do_not_say_what_they_are_are_refused(tmp_path):
   open(f"{sl}/cfg.json", "w").write("{not json")
   with pytest.raises(ConfigError, match="not valid JSON"):
     interchange.load(sl)
+
+
+def test_a_corrupted_export_is_named(tmp_path):
+  params, cfg = _sae("topk", "none")
+  exp = interchange.write_export(params, cfg, str(tmp_path / "o"))
+  weights = os.path.join(exp, "sae.safetensors")
+  blob = open(weights, "rb").read()
+  open(weights, "wb").write(blob[:len(blob) // 2])
+  with pytest.raises(ConfigError, match=f"the export {exp} cannot be read") as e:
+    interchange.load(exp)
+  assert "\n" not in str(e.value) and "sae-jax export" in str(e.value)
+  open(weights, "wb").write(blob)
+  open(os.path.join(exp, "config.json"), "w").write('{"format": 1')
+  with pytest.raises(ConfigError, match="cannot be read"):
+    interchange.load(exp)

@@ -303,3 +303,38 @@ def test_a_diverging_sae_leaves_its_pass_and_the_others_finish_as_alone(tmp_path
   with pytest.raises(errors.TrainingDivergedError):  # without keep_going: at once
     trainer.train_many([bad, healthy], source, [str(tmp_path / "b2"), str(tmp_path / "o2")],
                        progress=False)
+
+
+def _truncate_all(directory):
+  for d, _, fs in os.walk(directory):
+    for f in fs:
+      p = os.path.join(d, f)
+      with open(p, "r+b") as fh:
+        fh.truncate(os.path.getsize(p) // 2)
+
+
+def test_a_truncated_checkpoint_is_named_and_the_previous_one_used(tmp_path, capfd):
+  """Issue 17 item 6: a corrupted checkpoint is detected on read, named, and the run
+  resumes from the previous one to the same result; with none readable, a one-line
+  error names the directory."""
+  c, source = _config(n_devices=1), _source()
+  first = trainer.train(c, source, str(tmp_path / "run"), progress=False)
+  ckpts = tmp_path / "run" / "checkpoints"
+  a, _ = checkpoint.Checkpointer(str(ckpts)).restore_untyped()
+  latest = max(int(s) for s in os.listdir(ckpts) if s.isdigit())
+  _truncate_all(ckpts / str(latest) / "state")
+  capfd.readouterr()
+  again = trainer.train(c, source, str(tmp_path / "run"), progress=False)
+  err = capfd.readouterr().err
+  assert f"checkpoint {ckpts}/{latest} cannot be read" in err
+  strip = lambda rs: [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rs]
+  assert strip(again) == strip(first)
+  b, _ = checkpoint.Checkpointer(str(ckpts)).restore_untyped()
+  for name in a["params"]:
+    np.testing.assert_array_equal(a["params"][name], b["params"][name])
+  for s in os.listdir(ckpts):
+    if s.isdigit():
+      _truncate_all(ckpts / s / "state")
+  with pytest.raises(errors.CheckpointCorruptError, match=f"no checkpoint under {ckpts}") as e:
+    trainer.train(c, source, str(tmp_path / "run"), progress=False)
+  assert "\n" not in str(e.value)

@@ -42,6 +42,7 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from sae_jax import files, saes
@@ -135,13 +136,13 @@ def load(path: str) -> tuple[dict, dict]:
     raise ConfigError(f"{path!r} does not exist; give a run directory, an export directory, "
                       "a SAELens directory or an OpenAI .pt file")
   if os.path.isfile(os.path.join(path, "sae.safetensors")):
-    return export_reference.load(path)
+    return read_export(path)
   if os.path.isfile(os.path.join(path, SAELENS_CFG)):
     return read_saelens(path)
   if os.path.isdir(os.path.join(path, "checkpoints")):
     exp = os.path.join(path, "export")
     if os.path.isfile(os.path.join(exp, "config.json")):
-      return export_reference.load(exp)
+      return read_export(exp)
     with tempfile.TemporaryDirectory() as tmp:
       try:
         export.export(path, tmp)
@@ -181,6 +182,21 @@ def hf_download(path: str) -> str:
   if not os.path.isdir(folder):
     raise ConfigError(f"{path}: the repository {repo_id} has no folder {subdir!r}")
   return folder
+
+
+def read_export(path: str) -> tuple[dict, dict]:
+  """`export_reference.load`, with an unreadable export (truncated or corrupted
+  sae.safetensors, config.json that is not JSON) named in a one-line ConfigError."""
+  try:
+    params, cfg = export_reference.load(path)
+  except (SafetensorError, ValueError, UnicodeDecodeError) as e:
+    why = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+    raise ConfigError(f"the export {path} cannot be read ({why}); delete it and rebuild it "
+                      "with `sae-jax export RUN_DIR` (a sweep re-exports finished points)") from None
+  if not isinstance(cfg, dict) or "architecture" not in cfg:
+    raise ConfigError(f"{path}/config.json is not an export config (no architecture); delete "
+                      "the export and rebuild it with `sae-jax export RUN_DIR`")
+  return params, cfg
 
 
 def write_export(params: dict, cfg: dict, out_dir: str) -> str:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from sae_jax.errors import CheckpointCorruptError
 
 
 class Checkpointer:
@@ -38,23 +41,44 @@ class Checkpointer:
     return self._mngr.latest_step()
 
   def restore_latest(self, template: Any, sharding: Any) -> tuple[Any, dict] | None:
-    """(state, meta) of the latest complete step, placed with `sharding`; None if none.
+    """(state, meta) of the latest readable step, placed with `sharding`; None if none.
+
+    A step whose files cannot be read (truncated, bit-flipped) is named on stderr and
+    deleted, and the previous step is used (a resume from it retrains the same steps).
 
     Args:
       template: a pytree of jax.ShapeDtypeStruct (e.g. from jax.eval_shape) giving the
         structure to restore into.
       sharding: one jax.sharding.Sharding for every leaf, or a pytree of them.
+
+    Raises:
+      CheckpointCorruptError: no step is readable; the message names the directory.
     """
-    step = self._mngr.latest_step()
-    if step is None:
+    steps = sorted(self._mngr.all_steps(), reverse=True)
+    if not steps:
       return None
     if isinstance(sharding, jax.sharding.Sharding):
       sharding = jax.tree.map(lambda _: sharding, template)
     abstract = jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), template, sharding)
-    out = self._mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-    return out["state"], out["meta"]
+    for step in steps:
+      try:
+        out = self._mngr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+      except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore: many types
+        why = (str(e).strip().splitlines() or [""])[0][:160]
+        if step == steps[-1]:
+          raise CheckpointCorruptError(
+              f"no checkpoint under {self.directory} can be read (step {step}: "
+              f"{type(e).__name__}: {why}); delete {self.directory} to start the run "
+              "over") from None
+        print(f"[sae_jax] checkpoint {self.directory}/{step} cannot be read "
+              f"({type(e).__name__}: {why}); deleting it and resuming from the previous one",
+              file=sys.stderr, flush=True)
+        self._mngr.delete(step)
+        continue
+      return out["state"], out["meta"]
+    return None
 
   def restore_untyped(self, step: int | None = None) -> tuple[Any, dict]:
     """(state as nested dicts of arrays on one local device, meta) of `step` (default:

@@ -29,7 +29,7 @@ from sae_jax import config as config_lib, files
 from sae_jax.data import batches
 from sae_jax.errors import ConfigError, TrainingDivergedError
 from sae_jax.training import (checkpoint, diagnostics, distributed, flops, optimizer, sharding,
-                              tracking)
+                              signals, tracking)
 from sae_jax.training.metrics import evaluate
 from sae_jax.training.step import StepConfig, TrainState, init_state, make_train_step
 
@@ -205,6 +205,16 @@ class _Run:
     return previous
 
 
+  def save_now(self, done: int) -> None:
+    """Checkpoint at step boundary `done` (a stop on a signal), unless just saved."""
+    if self.pending is not None:
+      self.check(*jax.device_get(self.pending))
+    if self.last_saved != done and done > self.start_step:
+      self.ckpt.save(done, self.state, {"records": self.records, "wall_time_s": self.wall_time(),
+                                        "initial_normalized_mse": self.initial_nmse,
+                                        "run_warnings": self.run_warnings})
+      self.last_saved = done
+
   def close(self) -> None:
     if self.pending is not None:
       self.tracker.train_step(self.pending[0], self.check(*jax.device_get(self.pending)))
@@ -291,7 +301,7 @@ def train_many(configs: list[ml_collections.ConfigDict], source: batches.Activat
   order = (batches.BlockOrder(d.shuffle_block_rows, d.shuffle_buffer_blocks)
            if d.get("shuffle_block_rows") else None)
   host_batches = batches.stream(source, B, seed, start, end, rows=rows, order=order)
-  with jax.set_mesh(mesh):  # the next batch is sent to the devices while this one trains
+  with jax.set_mesh(mesh), signals.deferred():  # the next batch is sent to the devices while this one trains
     for step, x in batches.prefetch_to_device(
         host_batches, lambda x: distributed.global_batch(batch_sh, x, B)):
       for j, run in enumerate(runs):
@@ -306,6 +316,14 @@ def train_many(configs: list[ml_collections.ConfigDict], source: batches.Activat
       bar.update(1)
       if len(failed) == len(runs):
         break
+      if signals.requested() is not None:  # SIGTERM / SIGINT: save at this boundary
+        bar.close()
+        for j, run in enumerate(runs):
+          if j not in failed and run.start_step <= step < run.n_steps:
+            run.save_now(step + 1)
+          if j not in failed:
+            run.ckpt.close()
+        raise signals.Interrupted(signals.requested(), f"checkpointed at step {step + 1}")
   bar.close()
   for j, run in enumerate(runs):
     if j not in failed:
