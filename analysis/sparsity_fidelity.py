@@ -41,7 +41,9 @@ def frontier_points(records: Sequence[Mapping[str, Any]], *, loss_key: str = "no
   """The final record of every run, grouped into curves and sorted by L0.
 
   A curve is an architecture, or "architecture, n=<n_latents>" when the records mix
-  dictionary sizes. Records that are not final, or whose L0 or loss is not a finite number
+  dictionary sizes, followed by " (<recipe>)" or " (defaults)" when they mix runs with
+  and without a training recipe (config sae.recipe; sweeps/architectures.py against
+  sweeps/architectures_defaults.py). Records that are not final, or whose L0 or loss is not a finite number
   > 0, are left out; when a run has several final records (a resumed sweep), the last wins.
 
   Returns:
@@ -52,13 +54,21 @@ def frontier_points(records: Sequence[Mapping[str, Any]], *, loss_key: str = "no
     if r.get("final") is True and _finite_positive(r.get("l0")) and _finite_positive(r.get(loss_key)):
       finals[run_key(r)] = r
   sizes = {r.get("n_latents") for r in finals.values()}
+  recipes = {_recipe(r) for r in finals.values()}
   curves: dict[str, list[Mapping[str, Any]]] = {}
   for r in finals.values():
     label = str(r.get("architecture"))
     if len(sizes) > 1:
       label += f", n={r.get('n_latents')}"
+    if len(recipes) > 1:
+      label += f" ({_recipe(r) or 'defaults'})"
     curves.setdefault(label, []).append(r)
   return {k: sorted(v, key=lambda r: r["l0"]) for k, v in sorted(curves.items())}
+
+
+def _recipe(r: Mapping[str, Any]) -> str | None:
+  """The record's training recipe (config sae.recipe), None without one."""
+  return ((r.get("config") or {}).get("sae") or {}).get("recipe") or None
 
 
 def _knob_label(r: Mapping[str, Any]) -> str:
@@ -85,11 +95,17 @@ def plot_sparsity_fidelity(records: Sequence[Mapping[str, Any]], path: str | os.
   curves = frontier_points(records, loss_key=loss_key)
   with matplotlib.rc_context(STYLE):
     fig, ax = new_figure()
-    for i, (label, pts) in enumerate(curves.items()):
+    # one colour and marker per architecture; runs without a recipe dashed beside those with
+    archs = sorted({str(pts[0].get("architecture")) for pts in curves.values()})
+    mixed = len({_recipe(r) for pts in curves.values() for r in pts}) > 1
+    for label, pts in curves.items():
+      i = archs.index(str(pts[0].get("architecture")))
       l0 = np.array([r["l0"] for r in pts], dtype=float)
       y = np.array([r[loss_key] for r in pts], dtype=float)
+      dashed = mixed and _recipe(pts[0]) is None
       ax.plot(l0, y, marker=MARKERS[i % len(MARKERS)], color=PALETTE[i % len(PALETTE)],
-              mec="white", mew=0.5, ms=5, lw=1.3, label=label, zorder=3)
+              mec="white", mew=0.5, ms=5, lw=1.3, label=label, zorder=3,
+              ls="--" if dashed else "-", alpha=0.6 if dashed else 1.0)
       if annotate:
         for r, a, b in zip(pts, l0, y):
           ax.annotate(_knob_label(r), (a, b), xytext=(3, 3), textcoords="offset points",

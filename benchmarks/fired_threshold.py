@@ -7,6 +7,10 @@ n_latents and each threshold, all in one data pass, and prints the held-out norm
 MSE and dead fraction per threshold and their ratios (1e-3 over 0). Figures, not
 assertions. About 4 SAEs' worth of the quickstart's training time.
 
+Measured (2-core CPU shared with other jobs, 853 s for the pass; quickstart config with
+lr_scale 4): identical at both thresholds, n_latents 512: normalized MSE 0.3145, dead
+0.0859 (eval) / 0.0195 (train); 2048: 0.2668, 0.3491 / 0.0874; L0 8.00.
+
     python benchmarks/fired_threshold.py [--n_latents 512 2048] [--tokens 409600]
 """
 

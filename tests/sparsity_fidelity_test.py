@@ -29,6 +29,17 @@ def test_frontier_points_are_final_records_per_architecture_sorted_by_l0():
   assert "topk, n=4096" in sparsity_fidelity.frontier_points(mixed)
 
 
+def test_runs_with_and_without_a_recipe_are_two_curves(tmp_path):
+  recs = _records() + [{**r, "run_id": r["run_id"] + "_r", "normalized_mse": r["normalized_mse"] / 2,
+                        "config": {"sae": {"recipe": "gemmascope2024"}}}
+                       for r in _records() if r["architecture"] == "jumprelu"]
+  curves = sparsity_fidelity.frontier_points(recs)
+  assert list(curves) == ["jumprelu (defaults)", "jumprelu (gemmascope2024)", "topk (defaults)"]
+  assert [r["normalized_mse"] for r in curves["jumprelu (gemmascope2024)"]] == [
+      r["normalized_mse"] / 2 for r in curves["jumprelu (defaults)"]]
+  assert len(sparsity_fidelity.plot_sparsity_fidelity(recs, tmp_path / "both")) == 2
+
+
 def test_plot_writes_png_and_pdf_also_when_empty(tmp_path):
   written = sparsity_fidelity.plot_sparsity_fidelity(_records(), tmp_path / "plots" / "sf.png")
   assert sorted(os.path.basename(p) for p in written) == ["sf.pdf", "sf.png"]
