@@ -7,6 +7,7 @@ writing of `activations`. Baseline: the same model with `model.model.layers` sli
 on the same batches. Both in one process, alternating batch by batch.
 
   python benchmarks/harvest.py [--batches 8] [--batch-size 32] [--context-length 64]
+                               [--device cuda] [--torch-dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -34,16 +35,19 @@ def main() -> None:
   p.add_argument("--batch-size", type=int, default=32)
   p.add_argument("--context-length", type=int, default=64)
   p.add_argument("--repeats", type=int, default=2, help="timed passes over the batches")
+  p.add_argument("--device", default="cpu", help="torch device of the LM (data.device)")
+  p.add_argument("--torch-dtype", default="float32",
+                 help="dtype of the LM forward (data.torch_dtype): float32, bfloat16")
   args = p.parse_args()
 
   print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}")
   print(f"torch {torch.__version__}, transformers {transformers.__version__}, numpy {np.__version__}")
   t0 = time.time()
-  model, tokenizer, info = lm.load_lm(args.model)
-  layer = config.middle_layer(info["n_layers"]) if args.layer is None else args.layer
+  model, tokenizer, info = lm.load_lm(args.model, args.device, args.torch_dtype)
+  layer = lm.middle_layer(info["n_layers"]) if args.layer is None else args.layer
   print(f"model {args.model}: {info['n_layers']} layers, d_model {info['d_model']}, "
-        f"layer {layer}, loaded in {time.time() - t0:.1f} s")
+        f"layer {layer}, loaded in {time.time() - t0:.1f} s; {args.device} {args.torch_dtype}")
 
   docs = corpus.load_documents("embedded", config.cache_root())
   train, _ = corpus.split_documents(docs, 0.1, seed=0)
@@ -52,7 +56,7 @@ def main() -> None:
   tok_CxS = harvest.context_tokens(tokenizer, train, n_ctx * (args.context_length - 1),
                                        args.context_length, True, "train", "embedded")
   t_tok = time.time() - t0
-  batches = [torch.from_numpy(tok_CxS[i:i + args.batch_size].astype(np.int64))
+  batches = [torch.from_numpy(tok_CxS[i:i + args.batch_size].astype(np.int64)).to(args.device)
              for i in range(0, n_ctx, args.batch_size)]
   print(f"{len(batches)} batches of {args.batch_size}x{args.context_length} tokens "
         f"(tokenizing + packing took {t_tok * 1e3:.0f} ms)")
@@ -62,18 +66,21 @@ def main() -> None:
 
   def ours(ids_BxS, writer):
     x_BxSxD = lm.residual_stream(model, ids_BxS, layer)
-    writer.add(x_BxSxD[:, 1:].float().numpy().reshape(-1, x_BxSxD.shape[-1]))
+    writer.add(x_BxSxD[:, 1:].float().cpu().numpy().reshape(-1, x_BxSxD.shape[-1]))
 
   def plain(ids_BxS):
     model.model.layers = truncated
     try:
       with torch.inference_mode():
-        model.model(input_ids=ids_BxS, use_cache=False)
+        out = model.model(input_ids=ids_BxS, use_cache=False)
+      if ids_BxS.is_cuda:
+        torch.cuda.synchronize()  # ours waits for its copy to the host; so does this
+      del out
     finally:
       model.model.layers = blocks
 
   with tempfile.TemporaryDirectory() as tmp:
-    writer = cache._ShardWriter(tmp, "float16", 65_536, [])  # pylint: disable=protected-access
+    writer = cache.ShardWriter(tmp, "float16", 65_536, [])
     ours(batches[0], writer)  # warm up both paths
     plain(batches[0])
     t_ours, t_plain = [], []

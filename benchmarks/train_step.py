@@ -9,10 +9,12 @@ For each shape (d_in, n_latents, k, B) it times, on the default JAX backend (1 d
   * our step fed by the prefetching data stream from an in-memory source, against the
     same step on a resident batch (does data loading stall the step?),
 and prints tokens/s and the ratios. On a GPU it repeats the table with bfloat16 matmul
-inputs (trainer.compute_dtype) and prints the matmul's share of the device's peak.
-Figures, not assertions.
+inputs (trainer.compute_dtype) and prints the matmul's share of the device's peak: the
+peak measured in the same run with --peak-size (an N x N x N bfloat16 matmul), else the
+vendor's dense bf16 figure. Figures, not assertions.
 
     python benchmarks/train_step.py [--shapes 768,16384,32,4096 ...] [--repeats 5]
+        [--dtypes bfloat16] [--dead-tokens 1] [--peak-size 8192] [--sparse-impl xla]
 """
 
 from __future__ import annotations
@@ -63,25 +65,37 @@ def _step(c, x_np, mesh):
   return run
 
 
-def bench(d_in, n_latents, k, B, repeats, dead_tokens, compute_dtype):
+def measured_peak_tflops(n: int, repeats: int) -> float:
+  """TFLOP/s of an n x n x n bfloat16 matmul with float32 accumulation (the device's
+  practical dense peak)."""
+  a = jax.device_put(jnp.ones((n, n), jnp.bfloat16))
+  matmul = jax.jit(lambda a, b: jax.lax.dot(a, b, preferred_element_type=jnp.float32))
+  return 2 * n**3 / _time(lambda: matmul(a, a), repeats) / 1e12
+
+
+def bench(d_in, n_latents, k, B, repeats, dead_tokens, compute_dtype, sparse_impl=None,
+          architecture="topk", dense=True, stream=True):
   rng = np.random.default_rng(0)
   x_np = rng.normal(size=(B, d_in)).astype(np.float32)
   mesh = sharding.make_mesh(1)
   configs = {}
-  for kind in ("sparse", "dense"):
+  for kind in ("sparse", "dense") if dense else ("sparse",):
     c = config.default_config()
     c.sae.n_latents, c.sae.k, c.train.batch_size = n_latents, k, B
     c.sae.geometric_median_samples = B
     c.train.n_devices, c.train.dead_tokens = 1, dead_tokens
     c.train.topk_step, c.train.compute_dtype = kind, compute_dtype
+    c.train.sparse_impl, c.sae.architecture = sparse_impl, architecture
     configs[kind] = config.resolve(c, d_in)
   x = jax.device_put(x_np)
   times = {}
   sparse_step = _step(configs["sparse"], x_np, mesh)
   times["sparse"] = _time(lambda: sparse_step(x), repeats)
-  dense_step = _step(configs["dense"], x_np, mesh)
-  times["dense"] = _time(lambda: dense_step(x), repeats)
-  del dense_step
+  times["dense"] = float("nan")
+  if dense:
+    dense_step = _step(configs["dense"], x_np, mesh)
+    times["dense"] = _time(lambda: dense_step(x), repeats)
+    del dense_step
 
   dt = jnp.dtype(compute_dtype)
   W = jax.device_put(rng.normal(size=(d_in, n_latents)).astype(dt))
@@ -98,7 +112,7 @@ def bench(d_in, n_latents, k, B, repeats, dead_tokens, compute_dtype):
     for _, xb in batches.stream(source, B, 0, 0, stream_steps):
       out = sparse_step(xb)
     return out
-  times["stream"] = _time(streamed, max(1, repeats // 2)) / stream_steps
+  times["stream"] = _time(streamed, max(1, repeats // 2)) / stream_steps if stream else float("nan")
   return times
 
 
@@ -110,27 +124,39 @@ def main():
                  help="dead-latent window; set it to B to time the AuxK path on every step")
   p.add_argument("--dtypes", nargs="*", default=None,
                  help="matmul input dtypes (default: float32, plus bfloat16 on a GPU)")
+  p.add_argument("--peak-size", type=int, default=0,
+                 help="measure the bf16 peak with an N x N x N matmul (0: vendor figure)")
+  p.add_argument("--sparse-impl", default=None, help="train.sparse_impl (default: by backend)")
+  p.add_argument("--no-dense", action="store_true", help="skip the dense autodiff step")
+  p.add_argument("--no-stream", action="store_true", help="skip the streamed-vs-resident figure")
+  p.add_argument("--architectures", nargs="*", default=["topk"],
+                 help="e.g. topk batchtopk: one table row per architecture and shape")
   args = p.parse_args()
   dev = jax.devices()[0]
   dtypes = args.dtypes or (["float32", "bfloat16"] if dev.platform == "gpu" else ["float32"])
-  impl = sparse.impl_for(sharding.make_mesh(1))
+  impl = sparse.impl_for(sharding.make_mesh(1), args.sparse_impl)
   print(f"machine: {platform.machine()} {_cpu_name()} {os.cpu_count()} cpus; backend "
         f"{dev.platform} ({dev.device_kind}); jax {jax.__version__}; sparse ops: {impl}; "
         f"freed host memory retained: {host_memory.retain_freed_memory()}")
   peak = next((v for name, v in GPU_PEAK_TFLOPS.items() if name in dev.device_kind), None)
+  if args.peak_size:
+    peak = measured_peak_tflops(args.peak_size, args.repeats)
+    print(f"measured bf16 peak ({args.peak_size}^3 matmul, float32 accumulation): "
+          f"{peak:.1f} TFLOP/s")
   for dtype in dtypes:
     print(f"\nmatmul inputs {dtype}; tokens/s (higher is better) and their ratios")
-    head = (f"{'d_in':>5} {'n_latents':>9} {'k':>3} {'B':>5} | {'ours':>9} {'dense':>9} "
+    head = (f"{'arch':>9} {'d_in':>5} {'n_latents':>9} {'k':>3} {'B':>5} | {'ours':>9} {'dense':>9} "
             f"{'matmul':>9} | {'ours/matmul':>11} {'ours/dense':>10} {'mm TFLOP/s':>10} "
             f"{'mm % peak':>9} | {'streamed':>9} {'streamed/resident':>17}")
     print(head)
     print("-" * len(head))
-    for shape in args.shapes:
+    for shape, arch in [(s, a) for s in args.shapes for a in args.architectures]:
       d_in, n_latents, k, B = map(int, shape.split(","))
-      t = bench(d_in, n_latents, k, B, args.repeats, args.dead_tokens, dtype)
+      t = bench(d_in, n_latents, k, B, args.repeats, args.dead_tokens, dtype, args.sparse_impl,
+                arch, dense=not args.no_dense, stream=not args.no_stream)
       tflops = 2 * B * d_in * n_latents / t["matmul"] / 1e12
       share = f"{tflops / peak:.0%}" if peak and dtype == "bfloat16" else "-"
-      print(f"{d_in:>5} {n_latents:>9} {k:>3} {B:>5} | {B / t['sparse']:>9,.0f} "
+      print(f"{arch:>9} {d_in:>5} {n_latents:>9} {k:>3} {B:>5} | {B / t['sparse']:>9,.0f} "
             f"{B / t['dense']:>9,.0f} {B / t['matmul']:>9,.0f} | "
             f"{t['matmul'] / t['sparse']:>11.0%} {t['dense'] / t['sparse']:>9.2f}x "
             f"{tflops:>10.3f} {share:>9} | {B / t['stream']:>9,.0f} "
