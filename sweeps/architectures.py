@@ -55,7 +55,8 @@ COMMON_INPUT_NORM = "unit_norm"  # None: each architecture's paper's (Architectu
 # (`Architecture.zoo_overrides`, e.g. JumpReLU's starting threshold): see its module. The
 # lambda grids come from calibration runs (n_latents 1024, 300 steps, on the first 65k
 # tokens of the cache), in this codebase's units (the reconstruction term is the
-# normalized MSE; each module's docstring gives the conversion to its paper's).
+# normalized MSE, penalties in units of the input scale s = sae.input_scale; each module's
+# docstring gives the conversion to its paper's).
 
 
 def get_config():

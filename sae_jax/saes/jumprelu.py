@@ -85,9 +85,10 @@ class Hyper(base.Hyper):
   # epsilon of the straight-through kernel, in units of s: Gemma Scope's 1e-3 at unit
   # mean squared norm (Lieberum et al. 2024, Sec. 3; Rajamanoharan et al. 2024b)
   bandwidth: float = 1e-3
-  # theta_0 in units of s. The papers' 1e-3 needs ~7k Adam steps to climb in log space
-  # to the scale of the pre-activations (~0.1 s); 0.05 starts it near there, so a run of
-  # a few thousand steps sees the knob act (the zoo's calibration started at 0.05 too).
+  # theta_0 in units of s. From the papers' 1e-3, Adam (<= lr per step in log space) needs
+  # ~ln(100) / lr steps (~6k at lr 8e-4) to reach the scale of the pre-activations
+  # (~0.1 s); 0.05 starts near there, so a run of a few thousand steps sees the knob act
+  # (the zoo's unit_norm calibration started at 0.05 too).
   initial_threshold: float = 0.05
   # "l0": lambda · L0 (Rajamanoharan et al. 2024b); "tanh": lambda · sum tanh(c z ||W_dec||)
   # plus the pre-activation loss on dead latents (Conerly et al. 2025; module docstring)
