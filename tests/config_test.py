@@ -62,7 +62,7 @@ def test_a_recipe_fills_what_the_config_leaves_unset_and_overrides_win():
   # no recipe: the defaults, the architecture's own included
   d = config.resolve(_cfg(**{"sae.architecture": "jumprelu"}), d_in=576)
   assert (d.train.adam_b1, d.train.lr_schedule, d.sae.input_norm) == (0.9, "constant", "unit_norm")
-  assert d.sae.initial_threshold == 1e-3 and d.sae.penalty == "l0"
+  assert d.sae.initial_threshold == 0.05 and d.sae.penalty == "l0"  # issue 19: units of s
   # the recipe changes the step's hyperparameters
   t = config.resolve(_cfg(**{"sae.architecture": "jumprelu", "sae.recipe": "conerly2025"}))
   assert step.hyper(t).penalty == "tanh" and step.hyper(t).tanh_c == 4.0

@@ -159,7 +159,7 @@ def test_a_silent_jumprelu_knob_warns_once_and_the_records_and_fits_repeat_it(tm
   assert all(r["run_warnings"] == [ours[0][len("old: "):]] for r in records[1])
   flat = records[0] + records[1]
   assert sweep_fits.collect_run_warnings(flat) == {"old": records[1][-1]["run_warnings"]}
-  fits = {"n_records": 4, "n_runs": 2, "sweeps": ["t"], "L_N": {}, "L_C": {"error": "-"},
+  fits = {"n_records": 4, "n_runs": 2, "sweeps": ["t"], "L_N": {}, "L_C": {},
           "run_warnings": sweep_fits.collect_run_warnings(flat)}
   assert "warning, run old: sae.sparsity_coefficient=0.01 (jumprelu) is silent" in (
       report.summary(fits))

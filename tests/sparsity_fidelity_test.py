@@ -14,6 +14,7 @@ def _records():
         recs.append({"sweep": "architectures", "run_id": f"{arch}{i}", "architecture": arch,
                      "n_latents": 2048, "k": v if knob == "k" else None,
                      "sparsity_coefficient": v if knob != "k" else None, "final": final,
+                     "tokens": 409_600 if final else 204_800,
                      "l0": 10.0 * (i + 1) + (5 if final else 50),
                      "normalized_mse": 0.3 / (i + 1) - (0.05 if final else 0)})
   recs.append({**recs[-1], "run_id": "broken", "l0": float("nan")})  # left out
