@@ -127,7 +127,8 @@ class BlockOrder:
       n_blocks = len(blocks)
       out = []
       for w in range(0, n_blocks, self.buffer_blocks):
-        rows = np.concatenate([np.arange(b * self.block_rows, min(n_rows, (b + 1) * self.block_rows))
+        B = self.block_rows
+        rows = np.concatenate([np.arange(b * B, min(n_rows, (b + 1) * B))
                                for b in blocks[w:w + self.buffer_blocks]])
         out.append(rows[np.random.default_rng([seed, epoch, 2, w]).permutation(len(rows))])
       _PERM_CACHE.clear()

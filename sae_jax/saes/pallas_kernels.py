@@ -119,12 +119,13 @@ def radix_counts(bits_M: jax.Array, edges_R: jax.Array, *, interpret: bool = Fal
     out_ref[b, :] = jnp.sum(ge.astype(jnp.int32), axis=0)
 
   partial = pl.pallas_call(kernel, out_shape=jax.ShapeDtypeStruct((n_blocks, R), jnp.int32),
-                           grid=(n_blocks,), interpret=interpret, compiler_params=_TRITON)(bits_M, edges_R.astype(jnp.int32))
+                           grid=(n_blocks,), interpret=interpret, compiler_params=_TRITON)(
+                               bits_M, edges_R.astype(jnp.int32))
   return jnp.sum(partial, axis=0)
 
 
 def pad_bits(bits_M: jax.Array) -> jax.Array:
   """bits_M padded with -1 (below every edge >= 0) to a non-zero multiple of COUNT_BLOCK."""
   M = bits_M.shape[0]
-  return jnp.pad(bits_M.astype(jnp.int32), (0, max(1, pl.cdiv(M, COUNT_BLOCK)) * COUNT_BLOCK - M),
-                 constant_values=-1)
+  padded = max(1, pl.cdiv(M, COUNT_BLOCK)) * COUNT_BLOCK
+  return jnp.pad(bits_M.astype(jnp.int32), (0, padded - M), constant_values=-1)
