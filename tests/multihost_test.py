@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from sae_jax.training import checkpoint
 
@@ -65,8 +66,10 @@ def test_two_processes_equal_one(tmp_path):
   assert (multi["processes"], multi["devices"]) == (2, 4)
   assert (single["processes"], single["devices"]) == (1, 4)
   for a, b in zip(multi["records"], single["records"]):
-    assert a["normalized_mse"] == b["normalized_mse"] and a["l0"] == b["l0"]
-  # gloo's cross-process all-reduce sums in another order than the in-process one
+    # gloo's cross-process all-reduce sums in another order than the in-process one, so
+    # the metrics agree to float32 rounding (measured: 7e-8 relative), the params below to 1e-5
+    assert a["normalized_mse"] == pytest.approx(b["normalized_mse"], rel=1e-6)
+    assert a["l0"] == b["l0"]
   for key in single_state["params"]:
     np.testing.assert_allclose(multi_state["params"][key], single_state["params"][key],
                                rtol=1e-5, atol=1e-6)

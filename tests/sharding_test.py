@@ -56,7 +56,9 @@ def test_every_mesh_equals_one_device(tmp_path, architecture):
       assert a["normalized_mse"] == pytest.approx(b["normalized_mse"], rel=1e-4), (data, model)
       assert a["l0"] == pytest.approx(b["l0"], rel=1e-4)
     for key in ref["params"]:
-      np.testing.assert_allclose(state["params"][key], ref["params"][key], rtol=1e-4, atol=1e-5,
+      # atol 3e-5: an entry whose gradient is ~0 gets an Adam step of ~lr·sign(g), so
+      # reduction-order rounding moves it by up to ~lr (BatchTopK, 8x1: 1.3e-5, 1 of 4096)
+      np.testing.assert_allclose(state["params"][key], ref["params"][key], rtol=1e-4, atol=3e-5,
                                  err_msg=f"{key} on mesh {data}x{model}")
     np.testing.assert_array_equal(state["tokens_since_fired_N"], ref["tokens_since_fired_N"])
 
