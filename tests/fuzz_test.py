@@ -19,30 +19,11 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from sae_jax import cli, config
 from sae_jax.data import corpus
 
+from boundary_test import SWEEP  # the synthetic two-point sweep both files drive
+
 N = int(os.environ.get("SAE_JAX_FUZZ_EXAMPLES", "0"))
 FUZZ = settings(max_examples=N or 60, deadline=None, derandomize=not N, database=None,
                 suppress_health_check=list(HealthCheck))
-
-SWEEP = '''
-from sae_jax.config import default_config
-
-
-def get_config():
-  c = default_config()
-  c.name = "syn"
-  c.out_dir = {out!r}
-  c.data.source = "synthetic"
-  c.data.n_train_tokens = 4096
-  c.data.n_eval_tokens = 1024
-  c.sae.geometric_median_samples = 512
-  c.train.batch_size = 128
-  c.train.n_eval_points = 2
-  return c
-
-
-def get_sweep():
-  return [{{"sae.n_latents": n, "sae.k": 4}} for n in (64, 128)]
-'''
 
 
 def _keys(node=None, prefix=""):
