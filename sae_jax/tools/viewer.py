@@ -30,6 +30,7 @@ import html
 import json
 import math
 import os
+import shutil
 import time
 
 import ml_collections
@@ -299,8 +300,9 @@ def build(run_dir: str, out_dir: str | None = None, max_latents: int = 512,
       model, np.asarray(params["W_dec"], np.float32)[shown], n_output_tokens)
   say(f"output tokens of {len(shown)} latents ({time.time() - t0:.1f} s)")
 
-  # ---- pages
-  os.makedirs(os.path.join(out_dir, "latents"), exist_ok=True)
+  # ---- pages (a rebuild replaces the last build's: no page of a latent no longer shown)
+  shutil.rmtree(os.path.join(out_dir, "latents"), ignore_errors=True)
+  os.makedirs(os.path.join(out_dir, "latents"))
   index_rows = []
   for m, j in enumerate(shown):
     j = int(j)
