@@ -9,6 +9,7 @@ import sys
 
 from sae_jax.tools import interchange
 
+from boundary_test import SWEEP
 from interchange_test import _sae
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,7 +20,9 @@ def _error(tmp_path, *argv) -> str:
   p = subprocess.run([sys.executable, "-m", "sae_jax.cli", *argv], cwd=ROOT, env=env,
                      capture_output=True, text=True, timeout=600)
   assert p.returncode == 2, p.stderr[-2000:]
-  lines = p.stderr.strip().splitlines()
+  # tqdm's progress bar (erased on a terminal) shares stderr: leave its frames out
+  lines = [l for l in p.stderr.replace("\r", "\n").splitlines()
+           if l.strip() and not l.rstrip().endswith(("step/s]", "it/s]", "tok/s]"))]
   assert len(lines) == 1 and lines[0].startswith("sae-jax: error: "), p.stderr[-2000:]
   return lines[0]
 
@@ -51,3 +54,11 @@ def test_a_saelens_config_without_architecture_is_refused(tmp_path):
   err = _error(tmp_path, "convert", sl, str(tmp_path / "out"), "--to", "sae_jax")
   assert "does not say which architecture" in err
   assert not (tmp_path / "out").exists()
+
+
+def test_a_finite_blow_up_is_divergence(tmp_path):
+  """`--set train.lr=1e6` used to train to a normalized MSE of 1.76e29 and exit 0."""
+  (tmp_path / "syn.py").write_text(SWEEP.format(out=str(tmp_path / "runs")))
+  err = _error(tmp_path, "train", "--sweep", str(tmp_path / "syn.py"), "--set",
+               "train.lr=1e6", "sae.n_latents=64", "sae.k=4")
+  assert "exceeds 10" in err and "at step 1" in err and "lower train.lr" in err
