@@ -315,5 +315,11 @@ ARCH = base.Architecture(
     # kept below; that calibration's absolute bandwidth 1e-3 ~ 4e-5 s is now 1e-3 s, so
     # its L0s may shift: not re-run). lambda multiplies an L0, so it has no input unit.
     zoo_grid={"unit_norm": (1e-2, 3e-3, 1e-3, 3e-4), "mean_norm": (2e-2, 8e-3, 3e-3, 1e-3)},
-    zoo_overrides={"mean_norm": {"sae.initial_threshold": 0.02}},
+    # theta_0 is set for both normalisations: a zoo run is 400 steps, and Adam moves
+    # log_threshold by at most ~lr per step (~1.4 nats in all), so the gemmascope2024
+    # recipe's theta_0 = 1e-3 s (made for runs of ~1M steps) never reaches the activations
+    # it should gate -- measured on SmolLM2 (unit_norm, n_latents 512): L0 384-388 at every
+    # lambda from 3e-4 to 1 (README, "Recipes against the defaults").
+    zoo_overrides={"unit_norm": {"sae.initial_threshold": 0.05},
+                   "mean_norm": {"sae.initial_threshold": 0.02}},
     validate=validate, recipes=RECIPES)
