@@ -158,10 +158,19 @@ for name, cache_dir in {caches!r}.items():
   os.makedirs(own, exist_ok=True)
   c = cache_test._cfg(__import__("pathlib").Path(own), cache_dir)
   c.data.corpus = {corpus!r}
-  c.data.layers = (1, 3)  # two caches from each process's LM passes
-  caches = harvest.get_or_harvest_many(c, progress=False, process=(index, n_proc),
-                                       barrier=distributed.barrier)
-  out[name] = dict(paths=[x.path for x in caches.values()], calls=models[-1].calls)
+  if name == "url":  # through the command line, as a user runs it
+    from sae_jax import cli
+    assert cli.main(["harvest", "--set"] + [f"data.{{k}}={{c.data[k]}}" for k in (
+        "corpus", "cache_dir", "context_length", "n_train_tokens", "n_eval_tokens",
+        "eval_doc_fraction", "shard_tokens", "lm_batch_size")]) == 0
+    calls = models[-1].calls
+    caches = harvest.get_or_harvest_many(c, progress=False)  # complete: reused, for its path
+  else:
+    c.data.layers = (1, 3)  # two caches from each process's LM passes
+    caches = harvest.get_or_harvest_many(c, progress=False, process=(index, n_proc),
+                                         barrier=distributed.barrier)
+    calls = models[-1].calls
+  out[name] = dict(paths=[x.path for x in caches.values()], calls=calls)
 with open({out!r} + str(index), "w") as f:
   json.dump(dict(out, n_proc=n_proc), f)
 '''
