@@ -214,6 +214,7 @@ class ZarrLayout:
     self.lock_path = (urllib.parse.unquote(parts.path).rstrip("/") + ".lock"
                       if parts.scheme == "file" else None)  # object stores: no lock
     self._kv = None
+    self._arrays: dict = {}  # split -> the opened zarr3 array
 
   def _fail(self, e: Exception, doing: str) -> ConfigError:
     return ConfigError(f"cannot {doing} the activation cache at {self.location} "
@@ -262,11 +263,14 @@ class ZarrLayout:
     self.kv.delete_range(ts.KvStore.KeyRange(name, name + "\0")).result()
 
   def discard(self) -> None:
+    self._arrays = {}
     self.kv.delete_range(ts.KvStore.KeyRange()).result()
 
   def array(self, split: str, create: dict | None = None) -> "ts.TensorStore":
     """The zarr3 array of a split; `create` (n_rows, d_in, dtype, shard_tokens) makes it
     if missing."""
+    if create is None and split in self._arrays:
+      return self._arrays[split]
     spec = {"driver": "zarr3", "kvstore": self.location + f"{split}/activations/"}
     if create is not None:
       T, dtype = int(create["shard_tokens"]), create["dtype"]
@@ -281,9 +285,10 @@ class ZarrLayout:
               "index_codecs": raw + [{"name": "crc32c"}]}}],
           "fill_value": _NAN_BITS[dtype]})
     try:
-      return ts.open(spec, context=_ts_context()).result(timeout=URL_TIMEOUT_S)
+      self._arrays[split] = ts.open(spec, context=_ts_context()).result(timeout=URL_TIMEOUT_S)
     except (ValueError, TimeoutError, RuntimeError) as e:
       raise self._fail(e, "open the zarr array of split " + split + " of") from None
+    return self._arrays[split]
 
   def create(self, n_tokens: dict, d_in: int, dtype: str, shard_tokens: int) -> None:
     for split, n in n_tokens.items():

@@ -353,7 +353,9 @@ def _harvest(cfg, root: str, info: dict, docs, todo: dict, progress: bool,
         if sorted(shards) != list(range(n_shards[split])):
           missing = sorted(set(range(n_shards[split])) - set(shards))
           raise ConfigError(f"the harvest of {layout.location} lacks {split} shards "
-                            f"{missing[:5]} after every process finished; run it again")
+                            f"{missing[:5]} after every process finished: a multi-host "
+                            "harvest needs a data.cache_dir every process shares (a URL or a "
+                            "shared filesystem); fix that and run it again")
         records[split] = dict(n_tokens=n_tok[split], n_contexts=int(len(tokens[split])),
                               shards=[shards[i] for i in range(n_shards[split])],
                               tokens=job["state"]["tokens"][split])
