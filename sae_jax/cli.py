@@ -73,7 +73,12 @@ def _harvest(args) -> None:
   from sae_jax.data import harvest  # heavy: torch, transformers
   cfg = _config(args)
   config_lib.validate(cfg)
-  cache = harvest.get_or_harvest(cfg, verify=args.verify)
+  index, n_proc = distributed.process()  # several: each harvests its part (README)
+  cache = next(iter(harvest.get_or_harvest_many(
+      cfg, None, verify=args.verify, process=(index, n_proc),
+      barrier=distributed.barrier if n_proc > 1 else None).values()))
+  if index:
+    return
   m = cache.meta
   print(f"{cache.path}\n  model {m['model']} layer {m['layer']} d_in {cache.d_in}: "
         f"{cache.n_tokens('train'):,} train + {cache.n_tokens('eval'):,} eval tokens"
@@ -371,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
   try:
     if args.command in ("train", "sweep"):
       handlers = signals.install()  # SIGTERM/SIGINT: checkpoint at the next step boundary
+    if args.command in ("train", "sweep", "harvest"):
       distributed.initialize()  # multi-host when the environment says so (README)
     args.fn(args)
   except ConfigError as e:

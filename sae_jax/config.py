@@ -106,7 +106,9 @@ def default_config() -> ml_collections.ConfigDict:
   # dtype of the LM forward pass; None: bfloat16 on CUDA, float32 on CPU (data.settings)
   c.data.torch_dtype = ml_collections.FieldReference(None, field_type=str)
   c.data.device = "cpu"  # torch device for the LM
-  c.data.cache_dir = ml_collections.FieldReference(None, field_type=str)  # None: ~/.cache/sae_jax
+  # None: ~/.cache/sae_jax; a path; or a URL (gs://, s3://, file://, memory://) for the
+  # activation caches in object storage (sae_jax.data.cache)
+  c.data.cache_dir = ml_collections.FieldReference(None, field_type=str)
   c.data.generator = ml_collections.ConfigDict(synthetic.GeneratorConfig().to_dict())
 
   c.sae = ml_collections.ConfigDict()

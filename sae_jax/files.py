@@ -10,7 +10,7 @@ of the project but its errors).
 * `staged_outputs`: several files (fits.json and its plots) that appear together or not
   at all: written into a staging directory, moved into place only when all succeeded.
 * `read_jsonl`: JSON lines, tolerating only a truncated last line (a writer still going).
-* `check_writable`, `cache_root`: where outputs and caches go.
+* `check_writable`, `cache_root`, `is_url`: where outputs and caches go.
 """
 
 from __future__ import annotations
@@ -232,10 +232,17 @@ def check_writable(directory: str, what: str = "output directory",
     raise ConfigError(f"cannot write to {what} {directory!r} ({e.strerror or e}); {fix}") from None
 
 
+def is_url(location: str | None) -> bool:
+  """True for a URL (``scheme://...``, e.g. gs://bucket/x, file:///x), False for a path."""
+  return bool(location) and "://" in str(location)
+
+
 def cache_root(cache_dir: str | None = None) -> str:
   """Where caches live: `cache_dir` (the config's data.cache_dir), else $SAE_JAX_CACHE,
-  else $XDG_CACHE_HOME/sae_jax, else ~/.cache/sae_jax."""
-  if cache_dir:
+  else $XDG_CACHE_HOME/sae_jax, else ~/.cache/sae_jax. A URL cache_dir holds only the
+  activation caches (`sae_jax.data.cache`); the local files (model weights' memo, the
+  corpus) then live in the default local root."""
+  if cache_dir and not is_url(cache_dir):
     return os.path.expanduser(cache_dir)
   if os.environ.get("SAE_JAX_CACHE"):
     return os.path.expanduser(os.environ["SAE_JAX_CACHE"])

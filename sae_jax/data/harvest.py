@@ -1,9 +1,11 @@
 """The harvest: corpus -> language model -> the activation cache (`sae_jax.data.cache`).
 
-A harvest writes into ``<key>.partial/`` shard by shard (each shard renamed into place and
-recorded with its sha256 in ``progress.json``); a killed run is continued by the next one
-from its first missing shard, and only a finished cache (``meta.json`` with ``complete:
-true``) is renamed to ``<key>/`` and ever read. The key is a hash of every setting that
+A harvest writes shard by shard (a local cache into ``<key>.partial/``, renamed to
+``<key>/`` when complete; a URL cache in place, complete once ``meta.json`` exists), each
+shard recorded with its sha256 in ``progress.json`` as it is written; a killed run is
+continued by the next one from the shards still missing, and only a finished cache
+(``meta.json`` with ``complete: true``) is ever read. Several processes can harvest one
+cache together, each a disjoint range of its shards (`get_or_harvest_many`). The key is a hash of every setting that
 determines the content (`cache_settings`), so the same settings reuse the same directory
 without running (or loading) the LM.
 """
@@ -18,8 +20,8 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
+from typing import Callable
 
 import numpy as np
 import torch
@@ -59,18 +61,6 @@ def _say(msg: str, progress: bool) -> None:
   log.info(msg)
   if progress:
     print(f"[sae_jax] {msg}", file=sys.stderr, flush=True)
-
-
-def _verified_prefix(split_dir: str, shards: list) -> list:
-  """The leading shards whose files exist with the recorded size and sha256."""
-  good = []
-  for rec in shards:
-    f = os.path.join(split_dir, rec["file"])
-    if not (os.path.isfile(f) and os.path.getsize(f) == rec["n_bytes"]
-            and files.file_sha256(f) == rec["sha256"]):
-      break
-    good.append(rec)
-  return good
 
 
 def _split_docs(spec: str, docs, eval_fraction: float, seed: int):
@@ -152,19 +142,39 @@ def get_or_harvest(cfg, progress: bool = True, verify: bool = False
 
 
 def get_or_harvest_many(cfg, targets: list[tuple[int, str]] | None = None,
-                        progress: bool = True, verify: bool = False
+                        progress: bool = True, verify: bool = False,
+                        process: tuple[int, int] = (0, 1),
+                        barrier: Callable[[str], None] | None = None
                         ) -> dict[tuple[int, str], cache_lib.ActivationCache]:
   """The caches of several (layer, site) hook points of one model, corpus and token
   budget (default `targets_of(cfg)`): those not complete are harvested together, from
   ONE LM forward per batch of contexts stopped after the deepest block they need
-  (`lm.activations`). Returns {(layer, site): cache} in the order of `targets`. Raises
-  as `get_or_harvest`."""
+  (`lm.activations`). Returns {(layer, site): cache} in the order of `targets`.
+
+  A multi-host harvest: `process` = (index i, count P) and `barrier(name)` a function
+  that returns once every process has called it (`sae-jax harvest` passes
+  `jax.experimental.multihost_utils.sync_global_devices` under jax.distributed). Every
+  process runs this with the same config; process i harvests the i-th of P contiguous
+  ranges of each split's shards (`shards_of`) into the same cache, which must be shared
+  (a URL, or a local path on a shared file system). The result is bit-identical to a
+  1-process harvest: the LM batches are the same contexts [b * lm_batch_size, ...) (a
+  batch that straddles two ranges is computed by both processes). Process 0 prepares
+  the cache, checks what an interrupted run left, and writes meta.json once all are
+  done. Raises as `get_or_harvest`."""
   d = cfg.data
   data_settings.validate(d)
+  index, n_proc = int(process[0]), int(process[1])
+  if not 0 <= index < n_proc or (n_proc > 1 and barrier is None):
+    raise ConfigError(f"process={process} must be (index, count) with 0 <= index < count, "
+                      "and a multi-process harvest needs a barrier")
   root = files.cache_root(d.cache_dir)
-  act_dir = os.path.join(root, "activations")
-  files.check_writable(act_dir, "the activation cache directory",
-                      "set data.cache_dir or SAE_JAX_CACHE to a writable path")
+  if files.is_url(d.cache_dir):
+    cache_lib.check_url(d.cache_dir)
+    act_dir = cache_lib.join(d.cache_dir, "activations")
+  else:
+    act_dir = os.path.join(root, "activations")
+    files.check_writable(act_dir, "the activation cache directory",
+                        "set data.cache_dir or SAE_JAX_CACHE to a writable path")
 
   info = lm_lib.describe_lm(d.model, root)
   targets = targets_of(cfg, info["n_layers"]) if targets is None else [
@@ -184,36 +194,46 @@ def get_or_harvest_many(cfg, targets: list[tuple[int, str]] | None = None,
   for layer, site in targets:
     settings = cache_settings(cfg, info["weights_hash"], layer, c_hash, site)
     key = cache_key(settings)
-    plans[(layer, site)] = (settings, key, os.path.join(act_dir, key))
+    plans[(layer, site)] = (settings, key, cache_lib.layout_of(cache_lib.join(act_dir, key)))
   out = {}
 
   def reuse():
-    for t, (_, _, final) in plans.items():
-      if t not in out and os.path.isdir(final):
-        _say(f"reusing activation cache {final} (layer {t[0]} {t[1]})"
+    for t, (_, _, layout) in plans.items():
+      if t not in out and layout.is_complete():
+        _say(f"reusing activation cache {layout.location} (layer {t[0]} {t[1]})"
              + (", verifying sha256s" if verify else ""), progress)
-        out[t] = cache_lib.ActivationCache.open(final, verify=verify)
+        out[t] = cache_lib.ActivationCache.open(layout.location, verify=verify)
 
   reuse()
   if len(out) < len(plans):
     with contextlib.ExitStack() as stack:
-      for t in sorted(t for t in plans if t not in out):  # one order: no deadlock
-        stack.enter_context(_harvest_lock(plans[t][2] + ".lock", progress))
+      locks = [plans[t][2].lock_path for t in sorted(t for t in plans if t not in out)]
+      locks = [p for p in locks if p is not None] if n_proc == 1 else []  # P > 1: coordinated
+      for path in locks:  # one order: no deadlock
+        stack.enter_context(_harvest_lock(path, progress))
       reuse()  # another process may have finished some while we waited
       todo = {t: p for t, p in plans.items() if t not in out}
       if todo:
         docs = (None if corpus_lib.is_streaming(d.corpus)
                 else corpus_lib.load_documents(d.corpus, root,
                                                  d.get("corpus_encoding", "utf-8")))
-        out.update(_harvest(cfg, root, info, docs, todo, progress))
-        for _, _, final in todo.values():
-          os.remove(final + ".lock")  # safe: `final` exists, so nobody locks it again
+        out.update(_harvest(cfg, root, info, docs, todo, progress, (index, n_proc),
+                            barrier or (lambda name: None)))
+        for path in locks:
+          os.remove(path)  # safe: the cache is complete, so nobody locks it again
   return {t: out[t] for t in targets}
+
+
+def shards_of(n_shards: int, process: tuple[int, int]) -> range:
+  """The shards process i of P harvests: the i-th of P contiguous, near-equal ranges."""
+  i, P = process
+  return range(i * n_shards // P, (i + 1) * n_shards // P)
 
 
 @contextlib.contextmanager
 def _harvest_lock(path: str, progress: bool):
   """An exclusive lock so two processes never write the same `.partial` directory."""
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   with open(path, "a+", encoding="utf-8") as f:
     try:
       fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -226,127 +246,174 @@ def _harvest_lock(path: str, progress: bool):
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _harvest(cfg, root: str, info: dict, docs, todo: dict, progress: bool) -> dict:
+def _progress_names(n_proc: int) -> list[str]:
+  return ["progress.json"] + [f"progress_{j}.json" for j in range(n_proc)]
+
+
+def _prepare(job: dict, d, n_tok: dict, tokens: dict, d_in: int, n_proc: int,
+             progress: bool) -> None:
+  """Process 0: keep what an interrupted harvest with the same settings left (every
+  shard's sha256 checked), discard anything else, create the arrays, write the tokens
+  and the merged progress.json that every process reads."""
+  layout, settings = job["layout"], job["settings"]
+  state = layout.read_json("progress.json")
+  usable = (state is not None and state.get("settings") == settings
+            and state.get("lm_batch_size") == int(d.lm_batch_size))
+  n_shards = {s: math.ceil(n_tok[s] / d.shard_tokens) for s in cache_lib.SPLITS}
+  done = {s: {} for s in cache_lib.SPLITS}
+  if usable:
+    prev = int(state.get("n_processes", 1))
+    found = [state] + [layout.read_json(f"progress_{j}.json") or {} for j in range(prev)]
+    for split in cache_lib.SPLITS:
+      for st in found:
+        for pos, rec in enumerate(st.get("splits", {}).get(split, [])):
+          rec = dict(rec, index=int(rec.get("index", pos)))  # before multi-host: a prefix
+          if rec["index"] not in done[split] and layout.shard_ok(split, rec, d.shard_tokens):
+            done[split][rec["index"]] = rec
+      old = layout.read_tokens(split)
+      if old is not None and not np.array_equal(old, tokens[split]):
+        _say(f"the {split} tokens changed since the interrupted run; redoing its shards",
+             progress)
+        done[split] = {}
+    for name in _progress_names(prev)[1:]:
+      layout.delete(name)
+    _say(f"resuming a half-written cache {layout.location} at "
+         f"{sum(map(len, done.values()))}/{sum(n_shards.values())} shards", progress)
+  else:
+    if state is not None or (isinstance(layout, cache_lib.NpyLayout)
+                             and os.path.isdir(layout.partial)):
+      _say(f"discarding an unusable half-written cache {layout.location}", progress)
+    layout.discard()
+  layout.create(n_tok, d_in, d.dtype, int(d.shard_tokens))
+  tok_recs = {split: layout.write_tokens(split, tokens[split]) for split in cache_lib.SPLITS}
+  layout.write_json("progress.json", dict(
+      key=job["key"], settings=settings, lm_batch_size=int(d.lm_batch_size),
+      n_processes=n_proc, tokens=tok_recs,
+      splits={s: [done[s][i] for i in sorted(done[s])] for s in cache_lib.SPLITS}))
+
+
+def _harvest(cfg, root: str, info: dict, docs, todo: dict, progress: bool,
+             process: tuple[int, int], barrier: Callable[[str], None]) -> dict:
   """Harvest (or continue harvesting) the caches of `todo` {(layer, site): (settings, key,
-  final)} into `<final>.partial`, all from the same LM passes, then rename each to its
-  `final`."""
+  layout)}, all from the same LM passes; process i of P writes its ranges of shards
+  (`shards_of`) and process 0 finalizes each cache once all have (`barrier`)."""
   d = cfg.data
+  index, n_proc = process
   n_tok = {"train": int(d.n_train_tokens), "eval": int(d.n_eval_tokens)}
   n_shards = {s: math.ceil(n_tok[s] / d.shard_tokens) for s in cache_lib.SPLITS}
   what = ", ".join(f"layer {l} {s}" for l, s in todo)
-  _say(f"loading {d.model} to harvest {what}", progress)
+  _say(f"loading {d.model} to harvest {what}"
+       + (f" (process {index} of {n_proc})" if n_proc > 1 else ""), progress)
   model, tokenizer, _ = lm_lib.load_lm(d.model, d.device, data_settings.torch_dtype(d),
                                        cache_dir=root)
   for _, site in todo:  # before anything is written
     if site != "residual":
       lm_lib.check_site_available(model, site)
-  jobs = {}
-  for t, (settings, key, final) in todo.items():
-    partial = final + ".partial"
-    state = (files.read_json(os.path.join(partial, "progress.json"))
-             if os.path.isdir(partial) else None)
-    if (state is not None and state.get("settings") == settings
-        and state.get("lm_batch_size") == int(d.lm_batch_size)):
-      good = _verified_prefix(os.path.join(partial, "train"), state["splits"]["train"])
-      if len(good) < len(state["splits"]["train"]):
-        state["splits"]["eval"] = []  # eval is harvested after train
-      state["splits"]["train"] = good
-      state["splits"]["eval"] = _verified_prefix(os.path.join(partial, "eval"),
-                                                 state["splits"]["eval"])
-      done = sum(len(state["splits"][s]) for s in cache_lib.SPLITS)
-      _say(f"resuming a half-written cache {partial} at shard {done}/{sum(n_shards.values())}",
-           progress)
-    else:
-      if os.path.isdir(partial):
-        _say(f"discarding an unusable half-written cache {partial}", progress)
-        shutil.rmtree(partial)
-      for s in cache_lib.SPLITS:
-        os.makedirs(os.path.join(partial, s))
-      state = dict(key=key, settings=settings, lm_batch_size=int(d.lm_batch_size),
-                   splits={s: [] for s in cache_lib.SPLITS})
-    progress_path = os.path.join(partial, "progress.json")
-    files.write_json_atomic(progress_path, state)
-    jobs[t] = dict(state=state, partial=partial, final=final, settings=settings, key=key,
-                   save=functools.partial(files.write_json_atomic, progress_path, state))
-
   train_docs, eval_docs = _split_docs(d.corpus, docs, d.eval_doc_fraction, cfg.seed)
-  try:  # both splits' contexts first: a too-small corpus fails before any LM work
-    tokens = {split: context_tokens(tokenizer, split_docs, n_tok[split], d.context_length,
-                                    d.exclude_first, split, d.corpus)
-              for split, split_docs in (("train", train_docs), ("eval", eval_docs))}
-  except ConfigError:
+  # both splits' contexts first (every process: they are the same): a too-small corpus
+  # fails before anything is written or any LM work is done
+  tokens = {split: context_tokens(tokenizer, split_docs, n_tok[split], d.context_length,
+                                  d.exclude_first, split, d.corpus)
+            for split, split_docs in (("train", train_docs), ("eval", eval_docs))}
+  d_in = info["d_model"]
+  jobs = {t: dict(settings=settings, key=key, layout=layout)
+          for t, (settings, key, layout) in todo.items()}
+  if index == 0:
     for job in jobs.values():
-      if not any(job["state"]["splits"].values()):
-        shutil.rmtree(job["partial"], ignore_errors=True)
-    raise
-  records, d_in = {t: {} for t in jobs}, info["d_model"]
-  for split, tok_CxS in tokens.items():
-    tok_recs = {}
+      _prepare(job, d, n_tok, tokens, d_in, n_proc, progress)
+  barrier("sae_jax harvest: prepared")
+  own_name = "progress.json" if n_proc == 1 else f"progress_{index}.json"
+  for job in jobs.values():
+    layout = job["layout"]
+    job["state"] = state = layout.read_json("progress.json")
+    job["done"] = {s: {int(r["index"]) for r in state["splits"][s]} for s in cache_lib.SPLITS}
+    job["own"] = state if n_proc == 1 else dict(splits={s: [] for s in cache_lib.SPLITS})
+    job["save"] = functools.partial(layout.write_json, own_name, job["own"])
+    if n_proc > 1:
+      job["save"]()
+  for split in cache_lib.SPLITS:
+    work = []
     for t, job in jobs.items():
-      split_dir = os.path.join(job["partial"], split)
-      tok_path = os.path.join(split_dir, "tokens.npy")
-      if os.path.isfile(tok_path) and not np.array_equal(np.load(tok_path), tok_CxS):
-        _say(f"the {split} tokens changed since the interrupted run; redoing its shards",
-             progress)
-        job["state"]["splits"][split] = []
-      tok_recs[t] = cache_lib.write_npy(tok_path, tok_CxS)
-    _harvest_split(model, tok_CxS, n_tok[split], d, jobs, split, progress)
+      need = [s for s in shards_of(n_shards[split], process) if s not in job["done"][split]]
+      if need:
+        work.append(dict(target=t, need=need, layout=job["layout"], save=job["save"],
+                         records=job["own"]["splits"][split]))
+    _harvest_split(model, tokens[split], n_tok[split], d, work, split, progress)
+  barrier("sae_jax harvest: harvested")
+  if index == 0:
     for t, job in jobs.items():
-      records[t][split] = dict(n_tokens=n_tok[split], n_contexts=int(len(tok_CxS)),
-                               shards=job["state"]["splits"][split], tokens=tok_recs[t])
-  caches = {}
-  for t, job in jobs.items():
-    meta = dict(job["settings"], key=job["key"], n_layers=info["n_layers"], model_info=info,
-                hook_name=data_settings.hook_name(t[1], t[0]))
-    cache_lib.finalize(job["partial"], job["final"], meta, records[t], d_in)
-    _say(f"wrote activation cache {job['final']} (layer {t[0]} {t[1]})", progress)
-    caches[t] = cache_lib.ActivationCache.open(job["final"], verify=True)  # once, as written
-  return caches
+      layout = job["layout"]
+      found = [layout.read_json(name) or {} for name in _progress_names(n_proc)]
+      records = {}
+      for split in cache_lib.SPLITS:
+        shards = {}
+        for st in found:
+          for rec in st.get("splits", {}).get(split, []):
+            shards.setdefault(int(rec["index"]), rec)
+        if sorted(shards) != list(range(n_shards[split])):
+          missing = sorted(set(range(n_shards[split])) - set(shards))
+          raise ConfigError(f"the harvest of {layout.location} lacks {split} shards "
+                            f"{missing[:5]} after every process finished: a multi-host "
+                            "harvest needs a data.cache_dir every process shares (a URL or a "
+                            "shared filesystem); fix that and run it again")
+        records[split] = dict(n_tokens=n_tok[split], n_contexts=int(len(tokens[split])),
+                              shards=[shards[i] for i in range(n_shards[split])],
+                              tokens=job["state"]["tokens"][split])
+      meta = dict(job["settings"], key=job["key"], n_layers=info["n_layers"], model_info=info,
+                  hook_name=data_settings.hook_name(t[1], t[0]))
+      cache_lib.finalize(layout, meta, records, d_in, tuple(_progress_names(n_proc)))
+      _say(f"wrote activation cache {layout.location} (layer {t[0]} {t[1]})", progress)
+  barrier("sae_jax harvest: finalized")
+  # process 0 checks every sha256 once, as written; the others open it O(metadata)
+  return {t: cache_lib.ActivationCache.open(job["layout"].location, verify=index == 0)
+          for t, job in jobs.items()}
 
 
-def _harvest_split(model, tok_CxS: np.ndarray, n_tokens: int, d, jobs: dict, split: str,
+def _harvest_split(model, tok_CxS: np.ndarray, n_tokens: int, d, work: list, split: str,
                    progress: bool) -> None:
-  """Run the LM over the contexts and write each job's missing shards of the split, every
-  (layer, site) from the same forward pass of a batch.
+  """Run the LM over the contexts that hold the shards each work item needs and write
+  them, every (layer, site) from the same forward pass of a batch.
 
-  Batches are always contexts [i*B, (i+1)*B) for the B recorded in progress.json, so a
-  resumed run computes bit-identical rows to an uninterrupted one.
+  work: [{target, need: shard indices, layout, records (appended), save}]. Batches are
+  always contexts [b*B, (b+1)*B) for the B recorded in progress.json, so a resumed run,
+  or one process of several, computes bit-identical rows to an uninterrupted one.
   """
-  ef = int(d.exclude_first)
-  P = d.context_length - ef
-  B = int(d.lm_batch_size)
-  todo = []
-  for t, job in jobs.items():
-    records = job["state"]["splits"][split]
-    rows_done = sum(r["n_rows"] for r in records)
-    if rows_done >= n_tokens:
-      continue
-    first_batch = (rows_done // P) // B
-    todo.append(dict(
-        target=t, first=first_batch, emitted=rows_done,
-        skip=rows_done - first_batch * B * P,  # rows of the first batch already on disk
-        writer=cache_lib.ShardWriter(os.path.join(job["partial"], split), d.dtype,
-                                     d.shard_tokens, records, job["save"])))
-  if not todo:
+  if not work:
     return
+  ef = int(d.exclude_first)
+  B, T = int(d.lm_batch_size), int(d.shard_tokens)
+  R = B * (d.context_length - ef)  # rows of one LM batch
+  span = lambda s: (s * T, min((s + 1) * T, n_tokens))
+  batches: dict[int, list] = {}
+  for w in work:
+    w["need_set"] = set(w["need"])
+    for s in w["need"]:
+      lo, hi = span(s)
+      for b in range(lo // R, (hi - 1) // R + 1):
+        if not batches.setdefault(b, []) or batches[b][-1] is not w:
+          batches[b].append(w)
   device = torch.device(d.device)
-  start = min(j["first"] for j in todo)
-  with tqdm(total=n_tokens, initial=min(j["emitted"] for j in todo), unit="tok",
+  pieces: dict = {}  # (target, shard) -> [stored blocks], until the shard is full
+  with tqdm(total=sum(min(R, n_tokens - b * R) for b in batches), unit="tok",
             desc=f"harvest {split}", disable=not progress) as bar:
-    for b in range(start, math.ceil(len(tok_CxS) / B)):
-      active = [j for j in todo if j["first"] <= b and j["emitted"] < n_tokens]
-      if not active:
-        break
+    for b in sorted(batches):
+      ws = batches[b]
       ids_BxS = torch.from_numpy(tok_CxS[b * B:(b + 1) * B].astype(np.int64)).to(device)
-      acts = lm_lib.activations(model, ids_BxS, [j["target"] for j in active])
-      before = min(j["emitted"] for j in todo)
-      for j in active:
-        x_BxSxD = acts[j["target"]]
+      acts = lm_lib.activations(model, ids_BxS, [w["target"] for w in ws])
+      r0 = b * R
+      for w in ws:
+        x_BxSxD = acts[w["target"]]
         x_NxD = x_BxSxD[:, ef:, :].float().cpu().numpy().reshape(-1, x_BxSxD.shape[-1])
-        x_NxD = x_NxD[j["skip"]:n_tokens - j["emitted"] + j["skip"]]
-        j["skip"] = 0
-        j["writer"].add(x_NxD)
-        j["emitted"] += len(x_NxD)
-      bar.update(min(j["emitted"] for j in todo) - before)
-  for j in todo:
-    j["writer"].close()
+        r1 = min(r0 + len(x_NxD), n_tokens)
+        for s in range(r0 // T, (r1 - 1) // T + 1):
+          if s not in w["need_set"]:
+            continue
+          lo, hi = span(s)
+          a, c = max(lo, r0), min(hi, r1)
+          got = pieces.setdefault((w["target"], s), [])
+          got.append(cache_lib.stored_rows(x_NxD[a - r0:c - r0], d.dtype))
+          if sum(map(len, got)) == hi - lo:
+            w["records"].append(w["layout"].write_shard(split, s, np.concatenate(got)))
+            del pieces[(w["target"], s)]
+            w["save"]()
+      bar.update(min(R, n_tokens - r0))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from sae_jax.errors import ConfigError
@@ -60,6 +61,17 @@ def _cpu_collectives() -> None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   except (AttributeError, ValueError):
     pass
+
+
+def process() -> tuple[int, int]:
+  """(this process's index, the number of processes)."""
+  return jax.process_index(), jax.process_count()
+
+
+def barrier(name: str) -> None:
+  """Return once every process has called barrier(name) (a multi-host harvest's steps)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 def is_primary() -> bool:
