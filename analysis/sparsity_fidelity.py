@@ -21,6 +21,8 @@ from typing import Any
 
 import matplotlib
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from analysis.plot_style import (LOSS_LABEL, PALETTE, STYLE, empty_axes, new_figure, log_axis, loss_tick_label,
                             save_figure)
@@ -93,34 +95,56 @@ def plot_sparsity_fidelity(records: Sequence[Mapping[str, Any]], path: str | os.
     The two paths written.
   """
   curves = frontier_points(records, loss_key=loss_key)
+  archs = sorted({str(pts[0].get("architecture")) for pts in curves.values()})
+  mixed = len({_recipe(r) for pts in curves.values() for r in pts}) > 1
   with matplotlib.rc_context(STYLE):
-    fig, ax = new_figure()
+    if mixed:  # recipes against defaults: one panel per architecture, shared axes
+      ncols = min(4, len(archs))
+      nrows = -(-len(archs) // ncols)
+      fig = Figure(figsize=(2.3 * ncols, 2.1 * nrows + 0.4), layout="constrained")
+      FigureCanvasAgg(fig)
+      axes = np.atleast_1d(fig.subplots(nrows, ncols, sharex=True, sharey=True)).ravel()
+      panel = {a: axes[i] for i, a in enumerate(archs)}
+      for ax in axes[len(archs):]:
+        ax.set_axis_off()
+    else:
+      fig, ax = new_figure()
+      panel = {a: ax for a in archs}
     # one colour and marker per architecture; runs without a recipe dashed beside those with
-    archs = sorted({str(pts[0].get("architecture")) for pts in curves.values()})
-    mixed = len({_recipe(r) for pts in curves.values() for r in pts}) > 1
     for label, pts in curves.items():
-      i = archs.index(str(pts[0].get("architecture")))
+      arch = str(pts[0].get("architecture"))
+      i = archs.index(arch)
       l0 = np.array([r["l0"] for r in pts], dtype=float)
       y = np.array([r[loss_key] for r in pts], dtype=float)
       dashed = mixed and _recipe(pts[0]) is None
-      ax.plot(l0, y, marker=MARKERS[i % len(MARKERS)], color=PALETTE[i % len(PALETTE)],
-              mec="white", mew=0.5, ms=5, lw=1.3, label=label, zorder=3,
-              ls="--" if dashed else "-", alpha=0.6 if dashed else 1.0)
+      panel[arch].plot(l0, y, marker=MARKERS[i % len(MARKERS)],
+                       color="0.45" if dashed else PALETTE[i % len(PALETTE)], mec="white",
+                       mew=0.5, ms=5, lw=1.3, zorder=3, ls="--" if dashed else "-",
+                       label=label.replace(arch + " ", "") if mixed else label)
       if annotate:
         for r, a, b in zip(pts, l0, y):
-          ax.annotate(_knob_label(r), (a, b), xytext=(3, 3), textcoords="offset points",
-                      fontsize=5.5, color=PALETTE[i % len(PALETTE)], alpha=0.9)
-    if curves:
+          panel[arch].annotate(_knob_label(r), (a, b), xytext=(3, 3), textcoords="offset points",
+                               fontsize=5.5, color=PALETTE[i % len(PALETTE)], alpha=0.9)
+    for arch, ax in (panel.items() if curves else []):
       ax.set_xscale("log")
       ax.set_yscale("log")
       log_axis(ax.xaxis, loss_tick_label)
       log_axis(ax.yaxis, loss_tick_label)
-      ax.legend(loc="best")
+      if mixed:
+        ax.set_title(arch, loc="left", fontsize=8)
+        ax.legend(loc="upper right", fontsize=6)
+      else:
+        ax.legend(loc="best")
+    if mixed:
+      fig.supxlabel(L0_LABEL)
+      fig.supylabel(LOSS_LABEL)
+      fig.suptitle("sparsity–fidelity frontier: paper recipes (solid) vs defaults (dashed)")
     else:
-      empty_axes(ax, "no final records with L0 and loss")
-    ax.set_xlabel(L0_LABEL)
-    ax.set_ylabel(LOSS_LABEL)
-    ax.set_title("sparsity–fidelity frontier", loc="left")
+      if not curves:
+        empty_axes(ax, "no final records with L0 and loss")
+      ax.set_xlabel(L0_LABEL)
+      ax.set_ylabel(LOSS_LABEL)
+      ax.set_title("sparsity–fidelity frontier", loc="left")
     return save_figure(fig, path)
 
 
