@@ -120,6 +120,7 @@ def _sweep(args) -> None:
                   override_points=args.override_points)
     print(plan.format_plan(p, args.executor))
     plan.check_fits(p)
+    plan.check_disk(p)
   elif args.executor == "inline":
     launch.run_sweep(args.file, overrides, fit=not args.no_fit,
                      device_memory_gb=args.device_memory_gb, saes_per_pass=args.saes_per_pass,
@@ -243,8 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
                  "(without it such a key is an error)")
   p.add_argument("--no-fit", action="store_true", help="skip the fits and plots at the end")
   p.add_argument("--dry-run", action="store_true",
-                 help="print the plan (run ids, FLOPs, memory, wall time per point, jobs) and "
-                 "stop: no harvest, no LM, no training, nothing written")
+                 help="print the plan (run ids, FLOPs, memory, disk, wall time per point, jobs) "
+                 "and stop: no harvest, no LM, no training, nothing written; refuses a plan "
+                 "that does not fit the device memory or the free disk")
   p.add_argument("--executor", choices=("inline", "local", "slurm"), default="inline",
                  help="inline: this process (default); local: submitit jobs as local "
                  "processes; slurm: submitit jobs on SLURM")
@@ -375,6 +377,12 @@ def main(argv: list[str] | None = None) -> int:
     args.fn(args)
   except ConfigError as e:
     print(f"sae-jax: error: {e}", file=sys.stderr)
+    return 2
+  except OSError as e:  # a write outside the atomic writer on a full or read-only disk
+    err = files.storage_error(e)
+    if err is None:
+      raise
+    print(f"sae-jax: error: {err}", file=sys.stderr)
     return 2
   except signals.Interrupted as e:
     name = {15: "SIGTERM", 2: "SIGINT"}.get(e.signum, f"signal {e.signum}")
