@@ -32,3 +32,6 @@ class StorageError(ConfigError, OSError):
   EROFS, EACCES, EPERM); the message names the path, the space needed when known, and
   what to change. Everything saved before is intact and a rerun resumes. Also an OSError
   (with its `errno`), so code that tolerates a failed optional write still does."""
+
+  def __str__(self) -> str:  # the message, not OSError's "[Errno 28] ..." form
+    return str(self.args[0]) if self.args else ""

@@ -184,9 +184,9 @@ def caches_to_harvest(cfg: ml_collections.ConfigDict, memo: dict) -> dict[str, i
   if cfg.data.get("source", "lm") == "synthetic":
     return {}
   d, root = cfg.data, config_lib.cache_root(cfg)
-  key = (d.model, root)
+  key = ("describe_lm", d.model, root)
   if key not in memo:
-    memo[key] = lm.describe_lm(*key)
+    memo[key] = lm.describe_lm(d.model, root)
   info = memo[key]
   done = memo.setdefault(("complete", root), [
       m for m in (files.read_json(f) for f in glob.glob(
