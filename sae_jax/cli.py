@@ -81,6 +81,7 @@ def _harvest(args) -> None:
 
 
 def _train(args) -> None:
+  import jax  # heavy
   from sae_jax import evals  # heavy: torch, transformers (the evaluation suite)
   from sae_jax.data import sources
   from sae_jax.training import trainer
@@ -93,20 +94,27 @@ def _train(args) -> None:
   point = {"sae.n_latents": resolved.sae.n_latents, "sae.k": resolved.sae.k}
   rid = points.run_id(point, resolved)
   run_dir = os.path.join(out, rid)
-  if distributed.is_primary():  # as a sweep does: eval, view and export read it
-    os.makedirs(run_dir, exist_ok=True)
-    files.write_json_atomic(os.path.join(run_dir, "config.json"), resolved.to_dict())
-  records = trainer.train(resolved, cache, run_dir,
-                          {"sweep": cfg.name, "run_id": rid, "model": cache.meta["model"],
-                           "layer": cache.meta["layer"]}, evaluators=evals.TRAINING_EVALUATORS)
-  if not distributed.is_primary():
-    return
-  files.write_json_atomic(os.path.join(run_dir, "records.json"), records)
-  if os.path.exists(os.path.join(run_dir, trainer.FAILED)):
-    os.remove(os.path.join(run_dir, trainer.FAILED))  # an earlier failure, now retried
-  last = records[-1]
-  print(f"{run_dir}: normalized MSE {last['normalized_mse']:.4f}, L0 {last['l0']:.1f}, "
-        f"dead {last['dead_fraction']:.3f} after {last['tokens']:,} tokens")
+  lock = points.point_lock(out, rid)
+  if jax.process_count() == 1 and not lock.acquire(blocking=False):
+    raise ConfigError(f"{run_dir} is being trained by another process (pid {lock.holder()}); "
+                      "wait for it to finish, or set out_dir=... or name=... for a separate run")
+  try:
+    if distributed.is_primary():  # as a sweep does: eval, view and export read it
+      os.makedirs(run_dir, exist_ok=True)
+      files.write_json_atomic(os.path.join(run_dir, "config.json"), resolved.to_dict())
+    records = trainer.train(resolved, cache, run_dir,
+                            {"sweep": cfg.name, "run_id": rid, "model": cache.meta["model"],
+                             "layer": cache.meta["layer"]}, evaluators=evals.TRAINING_EVALUATORS)
+    if not distributed.is_primary():
+      return
+    files.write_json_atomic(os.path.join(run_dir, "records.json"), records)
+    if os.path.exists(os.path.join(run_dir, trainer.FAILED)):
+      os.remove(os.path.join(run_dir, trainer.FAILED))  # an earlier failure, now retried
+    last = records[-1]
+    print(f"{run_dir}: normalized MSE {last['normalized_mse']:.4f}, L0 {last['l0']:.1f}, "
+          f"dead {last['dead_fraction']:.3f} after {last['tokens']:,} tokens")
+  finally:
+    lock.release()
 
 
 def _sweep(args) -> None:

@@ -28,7 +28,7 @@ from sae_jax.errors import TrainingDivergedError
 from sae_jax.tools import export
 from sae_jax.training import distributed, tracking, trainer
 from sweeps import plan as plan_lib
-from sweeps.points import load_sweep, prepare, run_id  # noqa: F401  (the launcher's API)
+from sweeps.points import LOCKS, load_sweep, point_lock, prepare, run_id  # noqa: F401  (the launcher's API)
 from analysis import report
 
 
@@ -62,15 +62,6 @@ def share_lm_passes(configs: list, caches: dict, progress: bool = True) -> None:
     many = harvest.get_or_harvest_many(cfgs[0], targets, progress=progress)
     for c, t in zip(cfgs, own):
       caches[_data_key(c)] = many[t]
-
-
-LOCKS = ".locks"  # <out>/.locks/<run_id>.lock: held by the process training that point
-
-
-def point_lock(out: str, rid: str) -> files.Lock:
-  """The lock a process holds while it trains (and exports) point `rid` of the sweep
-  directory `out` (`files.Lock`: released when the process ends, even on SIGKILL)."""
-  return files.Lock(os.path.join(out, LOCKS, f"{rid}.lock"))
 
 
 def run_points_here(indices: list[int], points: list[dict], configs: list, out: str,

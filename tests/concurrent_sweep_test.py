@@ -12,8 +12,9 @@ import subprocess
 import sys
 import time
 
-from sae_jax import files
+from sae_jax import cli, config as config_lib, files
 from sae_jax.training import checkpoint
+from sweeps import points
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -130,3 +131,23 @@ def test_a_point_held_by_a_killed_sweep_is_finished_by_the_relaunch(tmp_path):
   assert p.returncode == 0, log[-3000:]
   assert held in _trained(log)
   _check_results(str(sweep_dir))
+
+
+
+def test_train_refuses_a_run_another_process_is_training(tmp_path, capsys):
+  """`sae-jax train` takes the same lock as a sweep's point: it never writes checkpoints
+  a running sweep (or another train) is writing."""
+  path = _sweep_file(tmp_path, n_procs=1)
+  base, _ = points.load_sweep(path)
+  base.sae.k = 2
+  resolved = config_lib.resolve(base, 64)  # the synthetic generator's d_in
+  rid = points.run_id({"sae.n_latents": 32, "sae.k": 2}, resolved)
+  sweep_dir = str(tmp_path / "runs" / "syn")
+  with points.point_lock(sweep_dir, rid):
+    rc = cli.main(["train", "--sweep", path, "--set", "sae.k=2"])
+    err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 2 and len(err) == 1, err
+  assert err[0] == (f"sae-jax: error: {sweep_dir}/{rid} is being trained by another process "
+                    f"(pid {os.getpid()}); wait for it to finish, or set out_dir=... or "
+                    "name=... for a separate run")
+  assert not os.path.exists(os.path.join(sweep_dir, rid, "checkpoints"))

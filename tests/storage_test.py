@@ -179,6 +179,21 @@ def test_a_real_full_disk(tmp_path):
     assert sorted(os.listdir(disk)) == ["checkpoints", "results.jsonl"]
 
 
+def test_tensorboard_on_a_full_disk_is_one_line_not_a_hung_thread(tmp_path):
+  """tensorboardX writes in a thread: on a full disk it died with a traceback and the
+  next add_scalar blocked forever on its full queue."""
+  from sae_jax.training import tracking  # pylint: disable=import-outside-toplevel
+  with _tmpfs(tmp_path / "disk", "64k") as disk:
+    tb = tracking._TensorBoard(os.path.join(disk, "tensorboard"), None)  # pylint: disable=protected-access
+    with pytest.raises(StorageError, match=f"disk full writing {disk}/tensorboard "):
+      for step in range(100_000):
+        tb.log(step, {"train/loss": float(step)})
+        if step % 1000 == 0:
+          tb.flush()
+    with pytest.raises(StorageError):
+      tb.close()
+
+
 # --- the sweep ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
