@@ -13,6 +13,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -74,8 +75,9 @@ def _snapshot(root) -> dict:
 
 
 def _one_line(stderr: str) -> str:
+  """The one line of stderr, tqdm's progress frames (erased on a terminal) left out."""
   lines = [l for l in stderr.replace("\r", "\n").splitlines()
-           if l.strip() and not l.rstrip().endswith(("step/s]", "it/s]", "tok/s]"))]
+           if l.strip() and not re.search(r"\d+/\d+ \[[^]]*\]$", l.rstrip())]
   assert len(lines) == 1 and lines[0].startswith("sae-jax: error: "), stderr[-3000:]
   return lines[0]
 
