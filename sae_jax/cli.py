@@ -86,6 +86,7 @@ def _harvest(args) -> None:
 
 
 def _train(args) -> None:
+  import jax  # heavy
   from sae_jax import evals  # heavy: torch, transformers (the evaluation suite)
   from sae_jax.data import sources
   from sae_jax.training import trainer
@@ -98,20 +99,27 @@ def _train(args) -> None:
   point = {"sae.n_latents": resolved.sae.n_latents, "sae.k": resolved.sae.k}
   rid = points.run_id(point, resolved)
   run_dir = os.path.join(out, rid)
-  if distributed.is_primary():  # as a sweep does: eval, view and export read it
-    os.makedirs(run_dir, exist_ok=True)
-    files.write_json_atomic(os.path.join(run_dir, "config.json"), resolved.to_dict())
-  records = trainer.train(resolved, cache, run_dir,
-                          {"sweep": cfg.name, "run_id": rid, "model": cache.meta["model"],
-                           "layer": cache.meta["layer"]}, evaluators=evals.TRAINING_EVALUATORS)
-  if not distributed.is_primary():
-    return
-  files.write_json_atomic(os.path.join(run_dir, "records.json"), records)
-  if os.path.exists(os.path.join(run_dir, trainer.FAILED)):
-    os.remove(os.path.join(run_dir, trainer.FAILED))  # an earlier failure, now retried
-  last = records[-1]
-  print(f"{run_dir}: normalized MSE {last['normalized_mse']:.4f}, L0 {last['l0']:.1f}, "
-        f"dead {last['dead_fraction']:.3f} after {last['tokens']:,} tokens")
+  lock = points.point_lock(out, rid)
+  if jax.process_count() == 1 and not lock.acquire(blocking=False):
+    raise ConfigError(f"{run_dir} is being trained by another process (pid {lock.holder()}); "
+                      "wait for it to finish, or set out_dir=... or name=... for a separate run")
+  try:
+    if distributed.is_primary():  # as a sweep does: eval, view and export read it
+      os.makedirs(run_dir, exist_ok=True)
+      files.write_json_atomic(os.path.join(run_dir, "config.json"), resolved.to_dict())
+    records = trainer.train(resolved, cache, run_dir,
+                            {"sweep": cfg.name, "run_id": rid, "model": cache.meta["model"],
+                             "layer": cache.meta["layer"]}, evaluators=evals.TRAINING_EVALUATORS)
+    if not distributed.is_primary():
+      return
+    files.write_json_atomic(os.path.join(run_dir, "records.json"), records)
+    if os.path.exists(os.path.join(run_dir, trainer.FAILED)):
+      os.remove(os.path.join(run_dir, trainer.FAILED))  # an earlier failure, now retried
+    last = records[-1]
+    print(f"{run_dir}: normalized MSE {last['normalized_mse']:.4f}, L0 {last['l0']:.1f}, "
+          f"dead {last['dead_fraction']:.3f} after {last['tokens']:,} tokens")
+  finally:
+    lock.release()
 
 
 def _sweep(args) -> None:
@@ -125,6 +133,7 @@ def _sweep(args) -> None:
                   override_points=args.override_points)
     print(plan.format_plan(p, args.executor))
     plan.check_fits(p)
+    plan.check_disk(p)
   elif args.executor == "inline":
     launch.run_sweep(args.file, overrides, fit=not args.no_fit,
                      device_memory_gb=args.device_memory_gb, saes_per_pass=args.saes_per_pass,
@@ -248,8 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
                  "(without it such a key is an error)")
   p.add_argument("--no-fit", action="store_true", help="skip the fits and plots at the end")
   p.add_argument("--dry-run", action="store_true",
-                 help="print the plan (run ids, FLOPs, memory, wall time per point, jobs) and "
-                 "stop: no harvest, no LM, no training, nothing written")
+                 help="print the plan (run ids, FLOPs, memory, disk, wall time per point, jobs) "
+                 "and stop: no harvest, no LM, no training, nothing written; refuses a plan "
+                 "that does not fit the device memory or the free disk")
   p.add_argument("--executor", choices=("inline", "local", "slurm"), default="inline",
                  help="inline: this process (default); local: submitit jobs as local "
                  "processes; slurm: submitit jobs on SLURM")
@@ -381,6 +391,12 @@ def main(argv: list[str] | None = None) -> int:
     args.fn(args)
   except ConfigError as e:
     print(f"sae-jax: error: {e}", file=sys.stderr)
+    return 2
+  except OSError as e:  # a write outside the atomic writer on a full or read-only disk
+    err = files.storage_error(e)
+    if err is None:
+      raise
+    print(f"sae-jax: error: {err}", file=sys.stderr)
     return 2
   except signals.Interrupted as e:
     name = {15: "SIGTERM", 2: "SIGINT"}.get(e.signum, f"signal {e.signum}")

@@ -25,3 +25,13 @@ class CheckpointCorruptError(ConfigError):
 class TrainingDivergedError(ConfigError):
   """The loss became NaN or inf; the message names the step and the last good checkpoint
   (lower train.lr or check the activations)."""
+
+
+class StorageError(ConfigError, OSError):
+  """A write failed because its disk is full, read-only or not permitted (ENOSPC, EDQUOT,
+  EROFS, EACCES, EPERM); the message names the path, the space needed when known, and
+  what to change. Everything saved before is intact and a rerun resumes. Also an OSError
+  (with its `errno`), so code that tolerates a failed optional write still does."""
+
+  def __str__(self) -> str:  # the message, not OSError's "[Errno 28] ..." form
+    return str(self.args[0]) if self.args else ""

@@ -10,11 +10,21 @@ working set of [tokens per device, n_latents / shards] tensors: ACTIVATION_COPIE
 them for a training batch (pre-activations, the code, AuxK's masked copy and code, their
 cotangents) or EVAL_COPIES for an evaluation batch of EVAL_BATCH tokens, whichever is
 larger; tokens are split over the data-parallel devices.
+
+Disk model (`disk`, checked by `check_disk`): a point writes its Orbax checkpoints (the
+state above, float32, up to checkpoint.MAX_TO_KEEP + 1 steps on disk while the newest is
+written), its export (the params, float32 safetensors) and RUN_EXTRA_BYTES of records,
+config and TensorBoard events, less what its run directory already holds (a finished
+point needs nothing); an LM point whose activation cache is not harvested yet adds
+(train + eval tokens) x d_in x 2 bytes (float16 / bfloat16) + 4 bytes of token id per
+token, once per cache it fills. Each total is compared with the free space of the disk
+that holds it (the output and the cache directories may share one).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import math
 import os
 import time
@@ -24,9 +34,10 @@ import jax.numpy as jnp
 import ml_collections
 
 from sae_jax import config as config_lib
-from sae_jax import saes
-from sae_jax.data import lm
-from sae_jax.errors import ConfigError
+from sae_jax import files, saes
+from sae_jax.data import harvest, lm
+from sae_jax.errors import ConfigError, StorageError
+from sae_jax.training import checkpoint
 from sae_jax.training import flops as flops_lib
 from sae_jax.training import step as step_lib
 from sweeps import points as points_lib
@@ -35,6 +46,9 @@ ACTIVATION_COPIES = 6  # per training token: pre, code, AuxK's masked pre and co
 EVAL_COPIES = 3  # per evaluation token: pre, code, fired
 EVAL_BATCH = 4096  # `train.evaluate`'s batch
 GiB = 2.0**30
+RUN_EXTRA_BYTES = 1 << 20  # records.json, config.json, TensorBoard events of one point
+CACHE_BYTES_PER_VALUE = 2  # float16 / bfloat16 activations
+TOKEN_ID_BYTES = 4  # int32 token ids stored beside them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +67,7 @@ class PointPlan:
   device_bytes: int  # per device: its shard of the state, gradients, working set
   wall_s: float | None  # FLOPs / throughput; None when no throughput is known
   model_parallel: int
+  disk_bytes: int = 0  # still to write under the output directory (checkpoints, export)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +81,8 @@ class Plan:
   memory_source: str
   throughput: float | None  # FLOP/s of all devices together
   throughput_source: str
+  caches: dict = dataclasses.field(default_factory=dict)  # {cache dir: bytes}, to harvest
+  cache_root: str | None = None  # where those caches go
 
 
 def device_memory(override_gb: float | None = None, n_devices: int | None = None
@@ -133,7 +150,57 @@ def estimate(resolved: ml_collections.ConfigDict, d_in: int, n_devices: int) -> 
   work_dev = 4 * max(train_tokens * (ACTIVATION_COPIES * n / mp + 2 * d_in),
                      eval_tokens * (EVAL_COPIES * n / mp + 2 * d_in))
   return {"n_params": n_params, "state_bytes": int(state_bytes),
-          "device_bytes": int(state_dev + grads_dev + work_dev)}
+          "device_bytes": int(state_dev + grads_dev + work_dev),
+          "disk_bytes": int((checkpoint.MAX_TO_KEEP + 1) * state_bytes + 4 * n_params
+                            + RUN_EXTRA_BYTES)}
+
+
+def _du(path: str) -> int:
+  """Bytes of the files under `path` (0 if it does not exist)."""
+  total = 0
+  for root, _, names in os.walk(path):
+    for n in names:
+      try:
+        total += os.lstat(os.path.join(root, n)).st_size
+      except OSError:
+        pass
+  return total
+
+
+def point_disk_bytes(run_dir: str, full: int) -> int:
+  """Bytes point `run_dir` still has to write: none when finished (records.json and its
+  export), else its full estimate less what the directory already holds."""
+  if (os.path.exists(os.path.join(run_dir, "records.json"))
+      and os.path.exists(os.path.join(run_dir, "export", "config.json"))):
+    return 0
+  return max(0, full - _du(run_dir))
+
+
+def caches_to_harvest(cfg: ml_collections.ConfigDict, memo: dict) -> dict[str, int]:
+  """{cache: bytes} of the activation caches an LM point's harvest would write that no
+  complete cache of the same settings holds yet ({} for a synthetic source). Loads no LM
+  and reads no corpus: a complete cache is recognised by its meta.json settings (all but
+  the corpus hash, which needs the corpus read)."""
+  if cfg.data.get("source", "lm") == "synthetic":
+    return {}
+  d, root = cfg.data, config_lib.cache_root(cfg)
+  key = ("describe_lm", d.model, root)
+  if key not in memo:
+    memo[key] = lm.describe_lm(d.model, root)
+  info = memo[key]
+  done = memo.setdefault(("complete", root), [
+      m for m in (files.read_json(f) for f in glob.glob(
+          os.path.join(glob.escape(root), "activations", "*", "meta.json"))) if m])
+  n_tokens = int(d.n_train_tokens) + int(d.n_eval_tokens)
+  out = {}
+  for layer, site in harvest.targets_of(cfg, info["n_layers"]):
+    want = harvest.cache_settings(cfg, info["weights_hash"], layer, "", site)
+    want.pop("corpus_hash")
+    if any(all(m.get(k) == v for k, v in want.items()) for m in done):
+      continue
+    name = f"{d.model} layer {layer} {site} ({n_tokens:,} tokens)"
+    out[name] = n_tokens * (info["d_model"] * CACHE_BYTES_PER_VALUE + TOKEN_ID_BYTES)
+  return out
 
 
 def _d_in(cfg: ml_collections.ConfigDict, memo: dict) -> int:
@@ -199,22 +266,55 @@ def plan(path: str, cli_overrides: dict | None = None, group_size: int = 1,
     tput, tput_src = None, "not estimated"
   memo: dict = {}
   rows = []
+  caches: dict[str, int] = {}
+  out = os.path.join(base.out_dir, base.name)
   for i in (range(len(points)) if only is None else only):
     d_in = _d_in(configs[i], memo)
     resolved = config_lib.resolve(configs[i], d_in)
     n_run = resolved.train.n_devices or n_dev
     e = estimate(resolved, d_in, n_run)
+    rid = points_lib.run_id(points[i], resolved)
+    caches.update(caches_to_harvest(configs[i], memo))
     f = flops_lib.training_flops(d_in, resolved.sae.n_latents, resolved.train.token_budget)
     rows.append(PointPlan(
-        index=i, run_id=points_lib.run_id(points[i], resolved),
+        index=i, run_id=rid,
         architecture=resolved.sae.architecture, n_latents=resolved.sae.n_latents,
         knob=_knob(resolved), token_budget=resolved.train.token_budget, job=job_of[i],
         flops=f, n_params=e["n_params"], state_bytes=e["state_bytes"],
         device_bytes=e["device_bytes"], wall_s=None if tput is None else f / tput,
-        model_parallel=int(resolved.train.model_parallel)))
-  return Plan(path=path, out=os.path.join(base.out_dir, base.name), points=rows, jobs=jobs,
+        model_parallel=int(resolved.train.model_parallel),
+        disk_bytes=point_disk_bytes(os.path.join(out, rid), e["disk_bytes"])))
+  return Plan(path=path, out=out, points=rows, jobs=jobs,
               n_devices=n_dev, device_memory=mem, memory_source=mem_src, throughput=tput,
-              throughput_source=tput_src)
+              throughput_source=tput_src, caches=caches,
+              cache_root=os.path.join(config_lib.cache_root(base), "activations"))
+
+
+def check_disk(p: Plan) -> None:
+  """Refuse a plan whose outputs (checkpoints, exports) and activation caches still to
+  write exceed the free space of their disk (the two directories may share one).
+
+  Raises:
+    StorageError: one line with the bytes needed, the bytes free and the directory.
+  """
+  need_out = sum(pt.disk_bytes for pt in p.points)
+  need_cache = sum(p.caches.values())
+  wants = [(p.out, need_out, "out_dir=...", f"checkpoints and exports of "
+            f"{sum(pt.disk_bytes > 0 for pt in p.points)} unfinished point(s)")]
+  if need_cache and p.cache_root:
+    if files.same_disk(p.out, p.cache_root):
+      wants[0] = (p.out, need_out + need_cache, "out_dir=... or data.cache_dir=...",
+                  wants[0][3] + f" plus {len(p.caches)} activation cache(s) to harvest")
+    else:
+      wants.append((p.cache_root, need_cache, "data.cache_dir=...",
+                    f"{len(p.caches)} activation cache(s) to harvest"))
+  for where, need, setting, what in wants:
+    free = files.free_bytes(where)
+    if need > free:
+      raise StorageError(
+          f"the sweep needs about {files.human_bytes(need)} on the disk of {where} ({what}) "
+          f"but {files.human_bytes(free)} is free on {files.mount_point(where)}; free space "
+          f"or set {setting} on a larger disk (sae-jax sweep --dry-run lists each point)")
 
 
 def check_fits(p: Plan) -> None:
@@ -248,12 +348,13 @@ def _duration(s: float | None) -> str:
 def format_plan(p: Plan, executor: str) -> str:
   """The dry-run table: one row per point, then the totals and the assumptions."""
   head = ("#", "run_id", "arch", "n_latents", "sparsity", "tokens", "job", "FLOPs",
-          "params+Adam GiB", "per-device GiB", "est. wall")
+          "params+Adam GiB", "per-device GiB", "disk", "est. wall")
   rows = [(str(pt.index), pt.run_id, pt.architecture, str(pt.n_latents), pt.knob,
            f"{pt.token_budget:,}", str(pt.job) if executor != "inline" else "-",
            f"{pt.flops:.3g}", f"{pt.state_bytes / GiB:.3f}",
            f"{pt.device_bytes / GiB:.3f}" + (" !" if p.device_memory is not None and
                                               pt.device_bytes > p.device_memory else ""),
+           files.human_bytes(pt.disk_bytes) if pt.disk_bytes else "done",
            _duration(pt.wall_s)) for pt in p.points]
   widths = [max(len(r[c]) for r in rows + [head]) for c in range(len(head))]
   line = lambda r: "  ".join(v.ljust(w) if c < 3 else v.rjust(w)  # noqa: E731
@@ -272,5 +373,20 @@ def format_plan(p: Plan, executor: str) -> str:
          + (f" = {p.throughput / 1e12:.3g} TFLOP/s" if p.throughput else "")
          + "; a lower bound: TopK, AuxK, evaluation and reading are not counted",
          "memory = params + 2 Adam moments (float32; latent leaves split over "
-         "train.model_parallel) + gradients + step working set; ' !' = does not fit"]
+         "train.model_parallel) + gradients + step working set; ' !' = does not fit",
+         disk_summary(p)]
   return "\n".join(out)
+
+
+def disk_summary(p: Plan) -> str:
+  """The plan's disk line: what is still to write under the outputs and the caches, and
+  what is free there."""
+  need_out = sum(pt.disk_bytes for pt in p.points)
+  line = (f"disk = checkpoints ({checkpoint.MAX_TO_KEEP} kept + 1 being written) + export + "
+          f"logs per unfinished point: {files.human_bytes(need_out)} under {p.out} "
+          f"({files.human_bytes(files.free_bytes(p.out))} free)")
+  if p.caches:
+    line += (f"; activation caches to harvest: "
+             + ", ".join(f"{k} {files.human_bytes(v)}" for k, v in p.caches.items())
+             + f" under {p.cache_root} ({files.human_bytes(files.free_bytes(p.cache_root))} free)")
+  return line

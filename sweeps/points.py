@@ -17,7 +17,7 @@ import traceback
 
 import ml_collections
 
-from sae_jax import config as config_lib, overrides as overrides_lib
+from sae_jax import config as config_lib, files, overrides as overrides_lib
 from sae_jax.errors import ConfigError
 
 
@@ -146,3 +146,13 @@ def prepare(path: str, cli_overrides: dict | None = None, override_points: bool 
                         f"(after --set {', '.join(clash)} --override-points); remove the duplicate")
     seen[identity] = i
   return base, points, configs
+
+
+LOCKS = ".locks"  # <out_dir>/<name>/.locks/<run_id>.lock: held by the process training it
+
+
+def point_lock(out: str, rid: str) -> files.Lock:
+  """The lock a process holds while it trains (and exports) run `rid` of the sweep
+  directory `out` (`files.Lock`: released when the process ends, even on SIGKILL), so two
+  `sae-jax sweep` or `train` processes never write the same checkpoints."""
+  return files.Lock(os.path.join(out, LOCKS, f"{rid}.lock"))

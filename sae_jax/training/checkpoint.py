@@ -1,37 +1,63 @@
 """Checkpoints through Orbax's CheckpointManager: the train state pytree plus a JSON
 metadata item (evaluation records so far, wall time). Orbax writes each step to a
 temporary directory and renames it when complete, so a run killed mid-save keeps its
-previous checkpoint.
+previous checkpoint; a save that fails on a full or read-only disk removes its temporary
+directory and raises a one-line `StorageError`, and the earlier steps stay readable.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
+import shutil
 import sys
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from sae_jax import files
 from sae_jax.errors import CheckpointCorruptError
+
+MAX_TO_KEEP = 2  # steps kept on disk; a third is written before the oldest is deleted
 
 
 class Checkpointer:
   """Save and restore (state, meta) at integer steps under `directory`."""
 
-  def __init__(self, directory: str, max_to_keep: int = 2):
+  def __init__(self, directory: str, max_to_keep: int = MAX_TO_KEEP):
     self.directory = os.path.abspath(directory)
+    # cleanup_tmp_directories: a save that died half-way (a kill, a full disk) leaves a
+    # <step>.orbax-checkpoint-tmp directory; the next manager deletes it
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                           enable_async_checkpointing=False)
+                                           enable_async_checkpointing=False,
+                                           cleanup_tmp_directories=True)
     self._mngr = ocp.CheckpointManager(self.directory, options=options,
                                        item_names=("state", "meta"))
 
   def save(self, step: int, state: Any, meta: dict) -> None:
-    """Write the state pytree and the JSON-serialisable meta dict for `step`."""
-    self._mngr.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
-    self._mngr.wait_until_finished()
+    """Write the state pytree and the JSON-serialisable meta dict for `step`.
+
+    Raises:
+      StorageError: the disk is full, read-only or forbids the write; the message names
+        the step's directory and the bytes of the state. The partial step is deleted;
+        the earlier steps are untouched.
+    """
+    target = os.path.join(self.directory, str(step))
+    try:
+      files.inject_fault(target)
+      self._mngr.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+      self._mngr.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except  # tensorstore's ValueError, OSError
+      size = sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(state))
+      err = files.storage_error(e, target, size)
+      if err is None:
+        raise
+      for tmp in glob.glob(glob.escape(target) + ".orbax-checkpoint-tmp*"):
+        shutil.rmtree(tmp, ignore_errors=True)  # free what the failed save took
+      raise err from None
 
   def delete(self, step: int) -> None:
     """Delete the checkpoint of `step` (a diverged state, `trainer._Run.fail`)."""

@@ -39,6 +39,7 @@ import time
 
 import ml_collections
 
+from sae_jax import files
 from sae_jax.config import LOGGERS
 from sae_jax.errors import ConfigError
 from sae_jax.training import distributed, flops
@@ -90,18 +91,53 @@ class _TensorBoard:
     import tensorboardX  # pylint: disable=import-outside-toplevel  # heavy: imports torch
     # a queue long enough that add_scalar never waits for the writer thread (the default,
     # 10 events, is less than one log point and made every put block on the disk write)
+    self.logdir = logdir
     self.writer = tensorboardX.SummaryWriter(logdir, purge_step=purge_step, max_queue=4096,
                                              flush_secs=30)
+    self.error: OSError | None = None
+    self._guard_writes()
+
+  def _guard_writes(self) -> None:
+    """A write that fails in tensorboardX's writer thread (a full disk) would kill that
+    thread with a traceback and leave add_scalar blocked on its full queue; instead the
+    error is kept, later events are dropped, and `log` raises it here as one line."""
+    events = getattr(getattr(self.writer._get_file_writer(), "event_writer", None),  # pylint: disable=protected-access
+                     "_ev_writer", None)
+    if events is None:  # another tensorboardX layout: unguarded
+      return
+    for name in ("write_event", "flush"):
+      original = getattr(events, name)
+
+      def guarded(*args, _original=original):
+        if self.error is not None:
+          return None
+        try:
+          return _original(*args)
+        except OSError as e:
+          self.error = e
+          return None
+      setattr(events, name, guarded)
+
+  def _raise(self) -> None:
+    if self.error is not None:
+      err = files.storage_error(self.error, self.error.filename or self.logdir)
+      raise err if err is not None else self.error
 
   def log(self, step: int, scalars: dict[str, float]) -> None:
+    self._raise()
     for name, value in scalars.items():
       self.writer.add_scalar(name, value, global_step=step)
 
   def flush(self) -> None:
     self.writer.flush()
+    self._raise()
 
   def close(self) -> None:
-    self.writer.close()
+    try:
+      self.writer.close()
+    except OSError as e:  # its last flush, on the main thread
+      self.error = self.error or e
+    self._raise()
 
 
 class _WandB:

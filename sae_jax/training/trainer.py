@@ -13,6 +13,7 @@ layer never imports the evaluations above it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -255,6 +256,17 @@ def train(c: ml_collections.ConfigDict, source: batches.ActivationSource, run_di
   return train_many([c], source, [run_dir], [run_info], progress, evaluators)[0]
 
 
+@contextlib.contextmanager
+def _closing_on_error(bar):
+  """Erase the progress bar when an error leaves the block, so the CLI's one-line error
+  starts its own line."""
+  try:
+    yield
+  except BaseException:
+    bar.close()
+    raise
+
+
 def train_many(configs: list[ml_collections.ConfigDict], source: batches.ActivationSource,
                run_dirs: list[str], run_infos: list[dict | None] | None = None,
                progress: bool = True, evaluators: Sequence[Evaluator] = (),
@@ -301,7 +313,8 @@ def train_many(configs: list[ml_collections.ConfigDict], source: batches.Activat
   order = (batches.BlockOrder(d.shuffle_block_rows, d.shuffle_buffer_blocks)
            if d.get("shuffle_block_rows") else None)
   host_batches = batches.stream(source, B, seed, start, end, rows=rows, order=order)
-  with jax.set_mesh(mesh), signals.deferred():  # the next batch is sent to the devices while this one trains
+  with (jax.set_mesh(mesh), signals.deferred(),  # the next batch is sent to the devices while this one trains
+        _closing_on_error(bar)):
     for step, x in batches.prefetch_to_device(
         host_batches, lambda x: distributed.global_batch(batch_sh, x, B)):
       for j, run in enumerate(runs):
