@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sae_jax import files
+from sae_jax import files, signals
 from sae_jax.data import cache as cache_lib
 from sae_jax.data import corpus as corpus_lib
 from sae_jax.data import lm as lm_lib
@@ -332,8 +332,11 @@ def _harvest_split(model, tok_CxS: np.ndarray, n_tokens: int, d, jobs: dict, spl
   device = torch.device(d.device)
   start = min(j["first"] for j in todo)
   with tqdm(total=n_tokens, initial=min(j["emitted"] for j in todo), unit="tok",
-            desc=f"harvest {split}", disable=not progress) as bar:
+            desc=f"harvest {split}", disable=not progress) as bar, signals.deferred():
     for b in range(start, math.ceil(len(tok_CxS) / B)):
+      # SIGTERM / SIGINT: stop between LM batches; every shard written so far is in
+      # progress.json and the rows buffered towards the next one are recomputed on resume
+      signals.check(f"the harvest is saved at {len(todo[0]['writer'].records)} {split} shards")
       active = [j for j in todo if j["first"] <= b and j["emitted"] < n_tokens]
       if not active:
         break
