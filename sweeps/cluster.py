@@ -163,8 +163,7 @@ def run_sweep_jobs(path: str, cli_overrides: dict | None, executor: str, group_s
   for pt in p.points:
     rec_path = os.path.join(out, pt.run_id, "records.json")
     if os.path.exists(rec_path):  # finished, whatever became of the other points
-      with open(rec_path) as f:
-        results.extend(json.load(f))
+      results.extend(files.load_json(rec_path, launch.RECORDS_FIX))
       n_done += 1
   if failed:
     if results:  # the finished points' table first; no fits over a sweep with holes

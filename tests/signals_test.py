@@ -256,3 +256,55 @@ def test_inside_a_deferred_block_a_signal_only_asks_and_the_block_polls_it():
       time.sleep(1)
   finally:
     signals.restore(previous)
+
+
+# ------------------------------------------------------------------------- submitit
+
+
+def test_submitits_preemption_signal_checkpoints_then_hands_over_to_submitit(
+    tmp_path, monkeypatch):
+  """A PointsJob (what a submitit job runs) gets submitit's preemption signal mid-pass:
+  the pass checkpoints at the step boundary, submitit's handler (here a stand-in that
+  records the call, as its checkpoint_and_try_requeue would requeue and exit) runs after,
+  and the requeued call ends with the uninterrupted run's parameters, bit for bit."""
+  import submitit  # pylint: disable=import-outside-toplevel
+  from sweeps import cluster  # pylint: disable=import-outside-toplevel
+  sig = submitit.JobEnvironment._usr_sig()  # pylint: disable=protected-access
+  path = tmp_path / "syn.py"
+  path.write_text(SWEEP.replace(f"128 * {STEPS}", "128 * 40"))
+
+  class Requeued(BaseException):
+    pass
+
+  calls = []
+
+  def submitits_handler(signum, _frame):
+    calls.append((signum, max(int(s) for s in os.listdir(ckpt_dir()) if s.isdigit())))
+    raise Requeued()  # submitit's handler ends the process (sys.exit) after requeuing
+
+  def ckpt_dir():
+    (run,) = os.listdir(tmp_path / "cut" / "syn")
+    return tmp_path / "cut" / "syn" / run / "checkpoints"
+
+  step = trainer._Run.step
+
+  def step_and_preempt(self, i, x):
+    if i == 12 and "cut" in self.run_dir and not calls:
+      os.kill(os.getpid(), sig)  # delivered to the main thread: inside the training loop
+    return step(self, i, x)
+
+  monkeypatch.setattr(trainer._Run, "step", step_and_preempt)
+  previous = signal.signal(sig, submitits_handler)
+  try:
+    job = cluster.PointsJob(str(path), [0], {"out_dir": str(tmp_path / "cut")})
+    with pytest.raises(Requeued):
+      job()
+    assert calls == [(sig, 13)]  # checkpointed at the boundary after step 12, then handed over
+    assert signal.getsignal(sig) is submitits_handler  # submitit's handler is back
+    job()  # the requeued call
+    cluster.PointsJob(str(path), [0], {"out_dir": str(tmp_path / "full")})()
+  finally:
+    signal.signal(sig, previous)
+  a, b = _final_params(tmp_path / "full"), _final_params(tmp_path / "cut")
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key])

@@ -231,10 +231,14 @@ class ActivationCache:
       ConfigError: no complete meta.json in `path`.
       CacheCorruptError: a shard is missing, truncated or altered.
     """
-    meta = files.read_json(os.path.join(path, "meta.json"))
-    if not meta or not meta.get("complete"):
-      raise ConfigError(f"{path} is not a complete activation cache (no meta.json with "
-                        "complete: true); delete it and harvest again")
+    meta_path = os.path.join(path, "meta.json")
+    meta = files.read_json(meta_path)
+    if not isinstance(meta, dict) or not meta.get("complete"):
+      why = ("no meta.json" if not os.path.exists(meta_path) else
+             f"{meta_path} is not valid JSON" if meta is None else
+             f"{meta_path} does not say complete: true")
+      raise ConfigError(f"{path} is not a complete activation cache ({why}); delete it and "
+                        "harvest again")
     cache = cls(path, meta)
     for split in meta["splits"]:
       cache._mmaps[split] = [cache._load_shard(split, rec) for rec in meta["splits"][split]["shards"]]
