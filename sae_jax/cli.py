@@ -371,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
   try:
     if args.command in ("train", "sweep", "harvest"):
       handlers = signals.install()  # SIGTERM/SIGINT: stop at the next safe boundary
+    if args.command in ("train", "sweep"):
       distributed.initialize()  # multi-host when the environment says so (README)
     args.fn(args)
   except ConfigError as e:
