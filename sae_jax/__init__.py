@@ -2,7 +2,8 @@
 laws. The folder tree is the architecture; data flows down this list and imports run up it
 (each subpackage's docstring says what it may import; import-linter checks it):
 
-    errors, files   leaves: user-facing errors; the one atomic writer, JSON and JSONL
+    errors, files, signals  leaves: user-facing errors; the one atomic writer, JSON and
+                    JSONL; SIGTERM/SIGINT as a stop at a safe boundary
     saes/           the Architecture interface, the registry, one module per SAE, the
                     sparse TopK step and its kernels
     data/           corpus -> language model -> activation cache | synthetic -> batches

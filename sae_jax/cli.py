@@ -30,9 +30,9 @@ import argparse
 import os
 import sys
 
-from sae_jax import config as config_lib, files, overrides as overrides_lib
+from sae_jax import config as config_lib, files, overrides as overrides_lib, signals
 from sae_jax.errors import ConfigError
-from sae_jax.training import distributed, signals
+from sae_jax.training import distributed
 from sweeps import points
 
 # Subcommands import their modules inside their functions, each marked "heavy": those
@@ -384,9 +384,8 @@ def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   handlers = {}
   try:
-    if args.command in ("train", "sweep"):
-      handlers = signals.install()  # SIGTERM/SIGINT: checkpoint at the next step boundary
     if args.command in ("train", "sweep", "harvest"):
+      handlers = signals.install()  # SIGTERM/SIGINT: stop at the next safe boundary
       distributed.initialize()  # multi-host when the environment says so (README)
     args.fn(args)
   except ConfigError as e:
@@ -399,8 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sae-jax: error: {err}", file=sys.stderr)
     return 2
   except signals.Interrupted as e:
-    name = {15: "SIGTERM", 2: "SIGINT"}.get(e.signum, f"signal {e.signum}")
-    print(f"sae-jax: stopped on {name}{'; ' + e.where if e.where else ''}; rerun the same "
+    print(f"sae-jax: stopped on {signals.name(e.signum)}{'; ' + e.where if e.where else ''}; rerun the same "
           "command to resume", file=sys.stderr)
     return 128 + e.signum
   except KeyboardInterrupt:

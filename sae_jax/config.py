@@ -154,6 +154,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.n_eval_points = 8  # log-spaced evaluation points over the token budget
   c.train.first_eval_fraction = 1 / 64  # first evaluation at this fraction of the budget
   c.train.checkpoint_every_steps = 100
+  # SIGTERM / SIGINT (a preemption, Ctrl-C; sae_jax.signals): the run checkpoints
+  # at the next step boundary and exits 143 / 130; with this > 0 it first trains on to a
+  # scheduled checkpoint (an evaluation point or a multiple of checkpoint_every_steps) if
+  # one is due within this many seconds at the current step rate. Seconds; 0: stop at the
+  # current step. Not part of a run's identity.
+  c.train.preempt_checkpoint_within_s = 0.0
   # Divergence: a run stops (marked failed, its last good checkpoint kept; the other SAEs
   # of its data pass go on) when its loss is NaN/inf or its training normalized MSE
   # exceeds divergence_factor x the larger of its first step's and 1 (the error of
@@ -371,6 +377,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
        f"train.first_eval_fraction={t.first_eval_fraction} must be in (0, 1]")
   need(t.get("divergence_factor", 10.0) == 0 or t.get("divergence_factor", 10.0) > 1,
        f"train.divergence_factor={t.get('divergence_factor')} must be above 1 (or 0: no bound)")
+  need(t.get("preempt_checkpoint_within_s", 0.0) >= 0,
+       f"train.preempt_checkpoint_within_s={t.get('preempt_checkpoint_within_s')} must be "
+       "0 (checkpoint at the current step on a signal) or a positive number of seconds")
   need(t.checkpoint_every_steps > 0,
        f"train.checkpoint_every_steps={t.checkpoint_every_steps} must be positive")
   loggers = (t.loggers,) if isinstance(t.loggers, str) else tuple(t.loggers)

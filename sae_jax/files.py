@@ -208,6 +208,25 @@ def read_json(path: str | os.PathLike, default: Any = None) -> Any:
     return default
 
 
+def load_json(path: str | os.PathLike, fix: str) -> Any:
+  """The JSON in `path`, a file the project wrote and needs (a run's records.json or
+  config.json).
+
+  Raises:
+    ConfigError: it cannot be read or is not valid JSON (a disk error, a hand edit): one
+      line naming the file, where it breaks, and `fix` (what to do about it).
+  """
+  path = os.fspath(path)
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise ConfigError(f"{path} is not valid JSON ({e.msg} at line {e.lineno} column "
+                      f"{e.colno}); {fix}") from None
+  except (OSError, UnicodeDecodeError) as e:
+    raise ConfigError(f"{path} cannot be read ({e}); {fix}") from None
+
+
 def read_jsonl(path: str | os.PathLike, warn: Callable[[str], None] = warnings.warn,
                line_numbers: bool = False) -> list[dict] | list[tuple[int, dict]]:
   """Every record of a JSON-lines file, in file order (with `line_numbers`: (line, record)

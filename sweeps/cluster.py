@@ -19,7 +19,7 @@ import time
 
 import submitit
 
-from sae_jax import files
+from sae_jax import files, signals
 from sae_jax.data import harvest
 from sae_jax.errors import ConfigError
 from sae_jax.training import distributed
@@ -49,8 +49,12 @@ def parse_params(items: list[str]) -> dict:
 class PointsJob(submitit.helpers.Checkpointable):
   """A picklable job: points `indices` of the sweep file `path` (plain values only).
 
-  submitit calls `checkpoint` on preemption or timeout and requeues the same call, which
-  resumes from the points' Orbax checkpoints.
+  On preemption or timeout SLURM (or the LocalExecutor) sends submitit's signal (SIGUSR2
+  unless SUBMITIT_PREEMPT_SIGNAL says otherwise). The job handles it as `sae-jax` handles
+  SIGTERM (`sae_jax.signals`): the training pass checkpoints at the next step boundary
+  (the harvest stops between LM batches, anything else at once); only then is
+  submitit's own handler called, which calls `checkpoint` and requeues the same call,
+  which resumes from those checkpoints.
   """
 
   def __init__(self, path: str, indices: list[int], cli_overrides: dict,
@@ -60,8 +64,21 @@ class PointsJob(submitit.helpers.Checkpointable):
 
   def __call__(self) -> list[str]:
     distributed.initialize()  # several SLURM tasks per job: one jax.distributed run
-    records = launch.run_points(self.path, self.indices, self.cli_overrides, progress=False,
-                                override_points=getattr(self, "override_points", False))
+    preempt = submitit.JobEnvironment._usr_sig()  # pylint: disable=protected-access
+    submitits = signals.install((preempt,))
+    try:
+      records = launch.run_points(self.path, self.indices, self.cli_overrides, progress=False,
+                                  override_points=getattr(self, "override_points", False))
+    except signals.Interrupted as e:
+      signals.restore(submitits)
+      handler = submitits.get(e.signum)
+      print(f"sae-jax: {signals.name(e.signum)}: {e.where or 'stopped'}; handing over to "
+            "submitit to requeue", flush=True)
+      if callable(handler):  # submitit's checkpoint_and_try_requeue: requeues and exits
+        handler(e.signum, None)
+      raise
+    finally:
+      signals.restore(submitits)
     return [r[-1]["run_id"] if r else "" for r in records]
 
 
@@ -146,8 +163,7 @@ def run_sweep_jobs(path: str, cli_overrides: dict | None, executor: str, group_s
   for pt in p.points:
     rec_path = os.path.join(out, pt.run_id, "records.json")
     if os.path.exists(rec_path):  # finished, whatever became of the other points
-      with open(rec_path) as f:
-        results.extend(json.load(f))
+      results.extend(files.load_json(rec_path, launch.RECORDS_FIX))
       n_done += 1
   if failed:
     if results:  # the finished points' table first; no fits over a sweep with holes

@@ -38,6 +38,11 @@ from analysis import report
 
 
 
+# what to do about a finished point's unreadable records.json (`files.load_json`)
+RECORDS_FIX = ("delete it to rebuild it from the point's last checkpoint (the rerun trains "
+               "no further steps)")
+
+
 def _data_key(cfg) -> str:
   return json.dumps(cfg.data.to_dict(), sort_keys=True, default=str) + str(cfg.seed)
 
@@ -123,8 +128,7 @@ def run_points_here(indices: list[int], points: list[dict], configs: list, out: 
     _, rid, run_dir, _, _ = prep(i)
     rec_path = os.path.join(run_dir, "records.json")
     if os.path.exists(rec_path):
-      with open(rec_path) as f:
-        results[i] = json.load(f)
+      results[i] = files.load_json(rec_path, RECORDS_FIX)
       log(f"[{i + 1}/{len(points)}] {rid}: "
           + ("trained by another process, reusing its records" if i in others
              else "finished earlier, reusing its records"))

@@ -98,6 +98,7 @@ def run_id(point: dict, resolved: ml_collections.ConfigDict) -> str:
     identity["train"].pop(key, None)  # how a run is watched is not what was trained
   identity["train"].pop("topk_step", None)  # same results either way (tests/sparse_test.py)
   identity["train"].pop("divergence_factor", None)  # a run finishes identically or fails
+  identity["train"].pop("preempt_checkpoint_within_s", None)  # when a stop saves, not what
   identity["train"].pop("sparse_impl", None)  # likewise
   if identity["sae"].get("input_scale") is None:
     identity["sae"].pop("input_scale", None)  # measured at training (as before the field)

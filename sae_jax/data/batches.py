@@ -221,10 +221,14 @@ def stream(source: ActivationSource, batch_size: int, seed: int, start_step: int
       if isinstance(item, BaseException):
         raise item
       yield item
-  finally:
+  finally:  # the reader stops after its current batch; joined, so that an early exit (a
+    # signal, an error) never leaves it reading while the interpreter shuts down
     stop.set()
-    while not q.empty():
-      q.get_nowait()
+    while t.is_alive():
+      try:
+        q.get(timeout=0.1)
+      except queue.Empty:
+        pass
 
 
 def prefetch_to_device(batches_it: Iterator[tuple[int, Any]], put: Callable[[Any], Any],

@@ -500,12 +500,19 @@ class ActivationCache:
     """
     layout = layout_of(path)
     if isinstance(layout, ZarrLayout):
+      meta_path = path.rstrip("/") + "/meta.json"
       meta = layout.read_json("meta.json")
+      exists = meta is not None or layout.read_bytes("meta.json") is not None
     else:
-      meta = files.read_json(os.path.join(path, "meta.json"))
-    if not meta or not meta.get("complete"):
-      raise ConfigError(f"{path} is not a complete activation cache (no meta.json with "
-                        "complete: true); delete it and harvest again")
+      meta_path = os.path.join(path, "meta.json")
+      meta = files.read_json(meta_path)
+      exists = os.path.exists(meta_path)
+    if not isinstance(meta, dict) or not meta.get("complete"):
+      why = ("no meta.json" if not exists else
+             f"{meta_path} is not valid JSON" if meta is None else
+             f"{meta_path} does not say complete: true")
+      raise ConfigError(f"{path} is not a complete activation cache ({why}); delete it and "
+                        "harvest again")
     cache = cls(path, meta, layout)
     for split in meta["splits"]:
       if isinstance(layout, ZarrLayout):

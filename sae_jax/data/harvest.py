@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sae_jax import files
+from sae_jax import files, signals
 from sae_jax.data import cache as cache_lib
 from sae_jax.data import corpus as corpus_lib
 from sae_jax.data import lm as lm_lib
@@ -395,8 +395,11 @@ def _harvest_split(model, tok_CxS: np.ndarray, n_tokens: int, d, work: list, spl
   device = torch.device(d.device)
   pieces: dict = {}  # (target, shard) -> [stored blocks], until the shard is full
   with tqdm(total=sum(min(R, n_tokens - b * R) for b in batches), unit="tok",
-            desc=f"harvest {split}", disable=not progress) as bar:
+            desc=f"harvest {split}", disable=not progress) as bar, signals.deferred():
     for b in sorted(batches):
+      # SIGTERM / SIGINT: stop between LM batches; every shard written so far is in
+      # progress.json and the rows buffered towards the next one are recomputed on resume
+      signals.check(f"the harvest is saved at {len(work[0]['records'])} {split} shards")
       ws = batches[b]
       ids_BxS = torch.from_numpy(tok_CxS[b * B:(b + 1) * B].astype(np.int64)).to(device)
       acts = lm_lib.activations(model, ids_BxS, [w["target"] for w in ws])

@@ -5,7 +5,6 @@ architecture interface (`SAEOnRaw`)."""
 from __future__ import annotations
 
 import functools
-import json
 import os
 from typing import Any
 
@@ -14,7 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sae_jax import config as config_lib
+from sae_jax import config as config_lib, files
 from sae_jax import saes
 from sae_jax.data import batches
 from sae_jax.errors import ConfigError
@@ -138,12 +137,13 @@ def load_run(run_dir: str) -> tuple[ml_collections.ConfigDict, SAEOnRaw, dict]:
     ConfigError: no config.json or no checkpoint in the run directory.
   """
   path = os.path.join(run_dir, "config.json")
+  records = os.path.join(run_dir, "records.json")
   if os.path.isfile(path):
-    with open(path, encoding="utf-8") as f:
-      stored = json.load(f)
-  elif os.path.isfile(os.path.join(run_dir, "records.json")):
-    with open(os.path.join(run_dir, "records.json"), encoding="utf-8") as f:
-      stored = json.load(f)[-1]["config"]
+    stored = files.load_json(path, "delete it to read the run's config from its records.json"
+                             if os.path.isfile(records) else "restore it or retrain the run")
+  elif os.path.isfile(records):
+    stored = files.load_json(records, "delete it (rerun the sweep to rebuild it from the "
+                             "run's last checkpoint)")[-1]["config"]
   else:
     raise ConfigError(f"{run_dir!r} has no config.json or records.json; give a run directory "
                       "written by `sae-jax sweep` or `sae-jax train`")

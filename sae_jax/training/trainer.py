@@ -26,11 +26,11 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from sae_jax import config as config_lib, files
+from sae_jax import config as config_lib, files, signals
 from sae_jax.data import batches
 from sae_jax.errors import ConfigError, TrainingDivergedError
 from sae_jax.training import (checkpoint, diagnostics, distributed, flops, optimizer, sharding,
-                              signals, tracking)
+                              tracking)
 from sae_jax.training.metrics import evaluate
 from sae_jax.training.step import StepConfig, TrainState, init_state, make_train_step
 
@@ -223,6 +223,27 @@ class _Run:
     self.ckpt.close()
 
 
+def _stop_step(runs: list[_Run], failed: dict, done: int, elapsed_s: float,
+               steps_done: int) -> int:
+  """Where a pass stops on a signal that arrived in step `done - 1`: at `done` (the default,
+  train.preempt_checkpoint_within_s = 0), or at the first step boundary where a run of the
+  pass saves anyway (an evaluation point or a multiple of train.checkpoint_every_steps)
+  if, at this pass's mean step time so far, it is reached within that many seconds; that
+  spares the work between the extra checkpoint and the scheduled one at the cost of
+  running a little longer after the signal."""
+  within = max(r.c.train.get("preempt_checkpoint_within_s", 0.0) or 0.0
+               for j, r in enumerate(runs) if j not in failed)
+  if within <= 0 or steps_done <= 0:
+    return done
+  due = [min([e for e in r.evals if e >= done]
+             + [-(-done // r.c.train.checkpoint_every_steps) * r.c.train.checkpoint_every_steps])
+         for j, r in enumerate(runs) if j not in failed and r.start_step < done <= r.n_steps]
+  if not due:
+    return done
+  nxt = min(min(due), max(r.n_steps for r in runs))
+  return nxt if (nxt - done) * elapsed_s / steps_done <= within else done
+
+
 def data_pass_key(c: ml_collections.ConfigDict) -> tuple:
   """SAEs whose configs agree on this key see the same batches in the same order and
   can share one pass over the data (`train_many`)."""
@@ -313,6 +334,7 @@ def train_many(configs: list[ml_collections.ConfigDict], source: batches.Activat
   order = (batches.BlockOrder(d.shuffle_block_rows, d.shuffle_buffer_blocks)
            if d.get("shuffle_block_rows") else None)
   host_batches = batches.stream(source, B, seed, start, end, rows=rows, order=order)
+  stop_at, t_loop = None, time.time()  # a signal's stop step (`_stop_step`), once asked
   with (jax.set_mesh(mesh), signals.deferred(),  # the next batch is sent to the devices while this one trains
         _closing_on_error(bar)):
     for step, x in batches.prefetch_to_device(
@@ -329,14 +351,18 @@ def train_many(configs: list[ml_collections.ConfigDict], source: batches.Activat
       bar.update(1)
       if len(failed) == len(runs):
         break
-      if signals.requested() is not None:  # SIGTERM / SIGINT: save at this boundary
-        bar.close()
-        for j, run in enumerate(runs):
-          if j not in failed and run.start_step <= step < run.n_steps:
-            run.save_now(step + 1)
-          if j not in failed:
-            run.ckpt.close()
-        raise signals.Interrupted(signals.requested(), f"checkpointed at step {step + 1}")
+      if signals.requested() is not None:  # SIGTERM / SIGINT: save at a step boundary
+        if stop_at is None:
+          stop_at = _stop_step(runs, failed, step + 1, time.time() - t_loop, step + 1 - start)
+        if step + 1 >= stop_at:
+          bar.close()
+          for j, run in enumerate(runs):
+            if j not in failed:
+              if run.start_step <= step < run.n_steps:
+                run.save_now(step + 1)
+              run.tracker.close()
+              run.ckpt.close()
+          raise signals.Interrupted(signals.requested(), f"checkpointed at step {step + 1}")
   bar.close()
   for j, run in enumerate(runs):
     if j not in failed:
