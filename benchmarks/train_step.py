@@ -15,6 +15,10 @@ vendor's dense bf16 figure. Figures, not assertions.
 
     python benchmarks/train_step.py [--shapes 768,16384,32,4096 ...] [--repeats 5]
         [--dtypes bfloat16] [--dead-tokens 1] [--peak-size 8192] [--sparse-impl xla]
+
+--compare topk batchtopk instead times only those architectures' steps, interleaved
+(A B, B A, A B, ...: load on a shared machine hits both alike) and prints each one's
+tokens/s and its throughput relative to the first (the median of the per-round ratios).
 """
 
 from __future__ import annotations
@@ -116,6 +120,36 @@ def bench(d_in, n_latents, k, B, repeats, dead_tokens, compute_dtype, sparse_imp
   return times
 
 
+def compare(d_in, n_latents, k, B, architectures, repeats, dead_tokens, compute_dtype,
+            sparse_impl=None):
+  """{arch: median seconds per step}, and {arch: median over rounds of t_first / t_arch}:
+  the steps are timed in alternating order, one call each per round."""
+  x_np = np.random.default_rng(0).normal(size=(B, d_in)).astype(np.float32)
+  mesh = sharding.make_mesh(1)
+  steps = {}
+  for arch in architectures:
+    c = config.default_config()
+    c.sae.n_latents, c.sae.k, c.train.batch_size = n_latents, k, B
+    c.sae.geometric_median_samples = B
+    c.train.n_devices, c.train.dead_tokens = 1, dead_tokens
+    c.train.compute_dtype, c.train.sparse_impl, c.sae.architecture = (compute_dtype, sparse_impl,
+                                                                      arch)
+    steps[arch] = _step(config.resolve(c, d_in), x_np, mesh)
+  x = jax.device_put(x_np)
+  for fn in steps.values():  # compile and warm up
+    jax.block_until_ready(fn(x))
+    jax.block_until_ready(fn(x))
+  times = {a: [] for a in architectures}
+  for r in range(repeats):
+    for arch in architectures if r % 2 == 0 else architectures[::-1]:
+      t = time.perf_counter()
+      jax.block_until_ready(steps[arch](x))
+      times[arch].append(time.perf_counter() - t)
+  first = np.asarray(times[architectures[0]])
+  return ({a: float(np.median(t)) for a, t in times.items()},
+          {a: float(np.median(first / np.asarray(t))) for a, t in times.items()})
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--shapes", nargs="*", default=DEFAULT_SHAPES, help="d_in,n_latents,k,B")
@@ -131,6 +165,9 @@ def main():
   p.add_argument("--no-stream", action="store_true", help="skip the streamed-vs-resident figure")
   p.add_argument("--architectures", nargs="*", default=["topk"],
                  help="e.g. topk batchtopk: one table row per architecture and shape")
+  p.add_argument("--compare", nargs="*", default=None,
+                 help="e.g. topk batchtopk: time only these steps, interleaved; print each one's "
+                      "throughput relative to the first")
   args = p.parse_args()
   dev = jax.devices()[0]
   dtypes = args.dtypes or (["float32", "bfloat16"] if dev.platform == "gpu" else ["float32"])
@@ -143,6 +180,22 @@ def main():
     peak = measured_peak_tflops(args.peak_size, args.repeats)
     print(f"measured bf16 peak ({args.peak_size}^3 matmul, float32 accumulation): "
           f"{peak:.1f} TFLOP/s")
+  if args.compare:
+    first = args.compare[0]
+    for dtype in dtypes:
+      print(f"\nmatmul inputs {dtype}; tokens/s, alternating order, median of {args.repeats} "
+            f"rounds; rel = tokens/s over {first}'s (median of per-round ratios)")
+      head = f"{'d_in':>5} {'n_latents':>9} {'k':>3} {'B':>5} | " + " | ".join(
+          f"{a:>12} {'rel':>6}" for a in args.compare)
+      print(head)
+      print("-" * len(head))
+      for shape in args.shapes:
+        d_in, n_latents, k, B = map(int, shape.split(","))
+        t, rel = compare(d_in, n_latents, k, B, args.compare, args.repeats, args.dead_tokens,
+                         dtype, args.sparse_impl)
+        print(f"{d_in:>5} {n_latents:>9} {k:>3} {B:>5} | " + " | ".join(
+            f"{B / t[a]:>12,.0f} {rel[a]:>6.1%}" for a in args.compare), flush=True)
+    return
   for dtype in dtypes:
     print(f"\nmatmul inputs {dtype}; tokens/s (higher is better) and their ratios")
     head = (f"{'arch':>9} {'d_in':>5} {'n_latents':>9} {'k':>3} {'B':>5} | {'ours':>9} {'dense':>9} "

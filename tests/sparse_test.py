@@ -175,6 +175,60 @@ def test_radix_select_is_the_exact_kth_largest_of_relu(impl):
     sparse.kth_largest(jnp.asarray(v), 0, impl)
 
 
+def _batch_topk_reference(v, m):
+  """BatchTopK's code of v by sorting (float64-free: v is float32): the cut is the m-th
+  largest of ReLU(v) with NaN as +inf, the code the first m entries (row-major) with
+  v >= cut and v > 0, padded with (B - 1, 0, 0.0)."""
+  B, N = v.shape
+  relu = np.where(np.isnan(v), np.inf, np.maximum(v, 0)).reshape(-1)
+  cut = np.sort(relu)[::-1][m - 1] if m <= int((relu > 0).sum()) else np.float32(0)
+  with np.errstate(invalid="ignore"):
+    flat = np.flatnonzero((v >= cut) & (v > 0))[:m]
+  row, idx, vals = np.full(m, B - 1), np.zeros(m, int), np.zeros(m, np.float32)
+  row[:flat.size], idx[:flat.size], vals[:flat.size] = flat // N, flat % N, v.reshape(-1)[flat]
+  return row, idx, vals
+
+
+@pytest.mark.parametrize("impl", ["xla", "cpu_kernels"])  # Pallas: kth_largest, tested above
+def test_batch_topk_code_equals_a_sort_on_ragged_sizes_ties_and_misleading_samples(impl):
+  """`sparse.batch_topk` (in C++: one pass collecting candidates above a bound taken from
+  every 16th row, else a fallback) equals a sort exactly: ragged sizes, ties across the
+  cut, -0.0, +inf, NaN, fewer positive entries than m, and batches whose sampled rows
+  (0, 16, 32) misjudge the cut both ways (too high: too few candidates; too low: too many)."""
+  rng = np.random.default_rng(5)
+  B, N = 37, 53  # no multiple of 16: the kernel's lanes and sample stride leave tails
+  base = rng.normal(size=(B, N)).astype(np.float32)
+  bias = rng.normal(size=N).astype(np.float32) * 0.1
+  ties = base.copy()
+  ties[3:9, :30] = 1.25  # 180 equal entries straddle the cut for m = 40 and 5 B
+  ties[6, :4] = -0.0
+  ties[7, :2] = np.inf
+  ties[8, 5] = np.nan
+  high_sample = base.copy()
+  high_sample[::16] += 3.0  # the sampled rows hold the top: the bound is too high
+  hidden = base.copy()
+  hidden[1:16] += 3.0  # unsampled rows hold the top: the bound is too low
+  few = -np.abs(base)
+  few[2, :7] = 0.5  # 7 positive entries only
+  cases = {"normal": base, "ties": ties, "high_sample": high_sample, "hidden": hidden,
+           "few": few}
+  fell_back = {}
+  for name, pre in cases.items():
+    for m in (1, 40, 5 * B, B * N):
+      want = _batch_topk_reference(pre + bias, m)
+      got = sparse.batch_topk(jnp.asarray(pre), m, impl, jnp.asarray(bias))
+      for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b, err_msg=f"{name}, m={m}")
+      if impl == "cpu_kernels":
+        fb = sparse._batch_topk_kernel(jnp.asarray(pre), jnp.asarray(bias), m)[3]  # pylint: disable=protected-access
+        fell_back[name, m] = int(fb)
+  if impl == "cpu_kernels":  # each of the kernel's paths was taken
+    assert fell_back["normal", 5 * B] == 0 and fell_back["ties", 40] == 0
+    assert fell_back["high_sample", 5 * B] == 1 and fell_back["hidden", 40] == 1
+  with pytest.raises(ValueError, match="m=0 must be in"):
+    sparse.batch_topk(jnp.asarray(base), 0, impl)
+
+
 def test_the_pallas_step_lowers_to_triton_for_a_gpu():
   """The whole sparse TopK and BatchTopK loss-and-gradient with impl "pallas_gpu" passes
   Pallas' Triton lowering for a CUDA target here, without a GPU (compiling the Triton IR

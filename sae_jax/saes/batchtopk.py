@@ -120,16 +120,18 @@ def sparse_loss(params: Params, x_BxD: jax.Array, extras: dict, hp: base.Hyper, 
                 variance: jax.Array | float = 1.0, dead_N: jax.Array | None = None
                 ) -> base.Output:
   """`loss` computed sparsely, as `topk.sparse_loss` (same value and gradients): the k·B
-  kept (token, latent) pairs become one code of k·B entries (`sparse.batch_select`), and
+  kept (token, latent) pairs become one code of k·B entries (`sparse.batch_topk`), and
   after the encoder matmul only those are touched. Uses hp.sparse_impl and
   hp.compute_dtype. Raises ValueError if k exceeds n_latents."""
   B, n_latents = x_BxD.shape[0], params["W_enc"].shape[1]
   if hp.k > n_latents:
     raise ValueError(f"k={hp.k} exceeds n_latents={n_latents}")
   impl = hp.sparse_impl
-  pre_BxN = jax.lax.stop_gradient(sparse.encoder_matmul(params, x_BxD, hp.compute_dtype))
-  cut = sparse.kth_largest(pre_BxN, hp.k * B, impl)  # of ReLU(pre)
-  row_E, idx_E, vals_E = sparse.batch_select(pre_BxN, cut, hp.k * B, impl)
+  # W_enc (x - b_pre), without b_enc: the selection adds it as it reads (never written).
+  pre_BxN = jax.lax.stop_gradient(sparse.encoder_matmul(params, x_BxD, hp.compute_dtype,
+                                                        bias=False))
+  b_enc = jax.lax.stop_gradient(params["b_enc"])
+  row_E, idx_E, vals_E = sparse.batch_topk(pre_BxN, hp.k * B, impl, b_enc)
   pre_E = sparse.select(params["W_enc"], params["b_enc"], params["b_pre"], x_BxD, row_E, idx_E,
                         vals_E, impl)
   x_hat_BxD = sparse.decode(params["W_dec"], row_E, idx_E, pre_E, B, impl) + params["b_pre"]
@@ -138,7 +140,7 @@ def sparse_loss(params: Params, x_BxD: jax.Array, extras: dict, hp: base.Hyper, 
   if dead_N is not None and hp.k_aux > 0:
     e_BxD = jax.lax.stop_gradient(x_BxD - x_hat_BxD)
     k_aux = min(hp.k_aux, n_latents)
-    aux = jax.lax.cond(jnp.any(dead_N), lambda *a: topk.sparse_auxk(*a, k_aux, impl),
+    aux = jax.lax.cond(jnp.any(dead_N), lambda *a: topk.sparse_auxk(*a, k_aux, impl, b_enc),
                        lambda *_: jnp.zeros((), jnp.float32), params, pre_BxN, x_BxD, e_BxD, dead_N)
   active_E = vals_E > 0
   fired_E = vals_E > hp.fired_threshold

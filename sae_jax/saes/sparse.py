@@ -18,6 +18,8 @@ encoder matmul is unavoidable. Here the code is kept as a list of E entries
     kth_largest(v, m)      BatchTopK's threshold: the m-th largest of B·n_latents values,
                            by a radix select (2 histogram passes in XLA, 8 count passes in
                            Pallas) instead of 31 bisection passes
+    batch_topk(pre, m)     BatchTopK's code: the entries at or above that threshold; in C++
+                           one pass over pre (threshold and selection fused)
 
 cost O(E·d_in) instead of O(B·n_latents·d_in). Each op has implementations with the same
 results (`train.sparse_impl`):
@@ -58,7 +60,8 @@ from sae_jax.saes import pallas_kernels, sharded_topk
 _SOURCE = os.path.join(os.path.dirname(__file__), "kernels", "sparse_kernels.cc")
 _TARGETS = {"sae_topk": "SaeTopK", "sae_decode": "SaeDecode", "sae_gather_dot": "SaeGatherDot",
             "sae_scatter_rows": "SaeScatterRows", "sae_scatter_cols": "SaeScatterCols",
-            "sae_batch_select": "SaeBatchSelect", "sae_kth_largest": "SaeKthLargest"}
+            "sae_batch_select": "SaeBatchSelect", "sae_kth_largest": "SaeKthLargest",
+            "sae_batch_topk": "SaeBatchTopK"}
 IMPLS = ("xla", "cpu_kernels", "pallas_gpu", "pallas_interpret")
 _INF_BITS = 0x7F800000  # bit pattern of +inf, the largest non-NaN float32
 CONFIG_IMPLS = ("xla", "cpu_kernels", "pallas_gpu")  # train.sparse_impl (None: by backend)
@@ -194,6 +197,40 @@ def batch_select(pre_BxN: jax.Array, cut: jax.Array, n_entries: int, impl: str =
   return (jnp.where(valid, flat // N, B - 1).astype(jnp.int32),
           jnp.where(valid, flat % N, 0).astype(jnp.int32),
           jnp.where(valid, pre_BxN.reshape(-1)[flat], 0.0))
+
+
+def _batch_topk_kernel(pre_BxN, bias_N, m: int):
+  """The C++ kernel: (row_E, idx_E, pre_E, fallback) with E = m; fallback (int32 scalar) is
+  1 when its one-pass candidate search fell back to the four reference passes."""
+  out = (jax.ShapeDtypeStruct((m,), jnp.int32), jax.ShapeDtypeStruct((m,), jnp.int32),
+         jax.ShapeDtypeStruct((m,), jnp.float32), jax.ShapeDtypeStruct((), jnp.int32))
+  return jax.ffi.ffi_call("sae_batch_topk", out)(pre_BxN.astype(jnp.float32),
+                                                 bias_N.astype(jnp.float32))
+
+
+def batch_topk(pre_BxN: jax.Array, m: int, impl: str = "xla", bias_N: jax.Array | None = None
+               ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """BatchTopK's code of v = pre + bias (bias default 0): (row_E, idx_E, v_E), E = m, the
+  entries of v at or above its m-th largest ReLU value and > 0 (Bussmann et al. 2024,
+  Sec. 3), exactly `batch_select(v, kth_largest(v, m), m)` (row-major order, ties at the
+  cut: the first m; fewer padded with (B - 1, 0, 0.0)).
+
+  "cpu_kernels" reads pre once (`sae_batch_topk` in `sae_jax/saes/kernels/`: a lower bound
+  on the cut from 1/16 of the rows, then one pass collecting the entries above it, among
+  which the cut is found exactly; it falls back to the four passes of `kth_largest` and
+  `batch_select` when the bound is off), adding the bias as it reads, so v is never written.
+  Other impls run `kth_largest` and `batch_select` on pre + bias.
+
+  Raises ValueError unless 1 <= m <= pre_BxN.size."""
+  _check(impl)
+  B, N = pre_BxN.shape
+  if not 1 <= m <= B * N:
+    raise ValueError(f"m={m} must be in [1, {B * N}] (the number of entries)")
+  bias_N = jnp.zeros((N,), jnp.float32) if bias_N is None else bias_N.astype(jnp.float32)
+  if impl == "cpu_kernels":
+    return _batch_topk_kernel(pre_BxN, bias_N, m)[:3]
+  v_BxN = pre_BxN.astype(jnp.float32) + bias_N
+  return batch_select(v_BxN, kth_largest(v_BxN, m, impl), m, impl)
 
 
 def csr_offsets(sorted_E: jax.Array, n: int) -> jax.Array:

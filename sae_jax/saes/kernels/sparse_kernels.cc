@@ -17,6 +17,9 @@
 //                     radix select over the float bits (NaN counts as +inf): a histogram
 //                     of the top 15 bits, then of the low 16 bits inside the chosen bin
 //                     (BatchTopK's cut; 2 passes where a bisection takes 31)
+//   sae_batch_topk    pre[B,N], bias[N]         -> row[E], idx[E], vals[E], fallback[]:
+//                     sae_batch_select(pre + bias, sae_kth_largest(pre + bias, E), E) in
+//                     one pass over pre instead of four (BatchTopK's code; see BatchTopKImpl)
 //
 // Work is split over XLA's intra-op thread pool; the calling thread takes chunks too, so
 // the result never waits on a pool thread that is busy elsewhere.
@@ -357,6 +360,196 @@ ffi::Error KthLargestImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> v, ffi::Bu
   return ffi::Error::Success();
 }
 
+// Sums, over rows b = 0, stride, 2 stride, ... of pre + bias, a histogram of `bins` bins of
+// key(ThresholdBits(pre + bias)) (key < 0: not counted).
+template <typename Key>
+std::vector<int64_t> RowHistogram(ffi::ThreadPool& pool, const float* x, const float* bs, int64_t B,
+                                  int64_t N, int64_t stride, int64_t bins, Key key) {
+  int64_t rows = (B + stride - 1) / stride;
+  int64_t chunks = Chunks(pool, rows * N, 1 << 16);
+  std::vector<uint32_t> hist(chunks * bins, 0);
+  ParallelFor(pool, chunks, [&](int64_t ch) {
+    uint32_t* h = hist.data() + ch * bins;
+    for (int64_t r = rows * ch / chunks; r < rows * (ch + 1) / chunks; ++r) {
+      const float* xr = x + r * stride * N;
+      for (int64_t j = 0; j < N; ++j) {
+        int32_t k = key(ThresholdBits(xr[j] + bs[j]));
+        if (k >= 0) ++h[k];
+      }
+    }
+  });
+  std::vector<int64_t> total(bins, 0);
+  for (int64_t ch = 0; ch < chunks; ++ch)
+    for (int64_t j = 0; j < bins; ++j) total[j] += hist[ch * bins + j];
+  return total;
+}
+
+// The largest bin j with count(bins >= j) >= need (0 if none), and count(bins > j).
+int64_t PickBin(const std::vector<int64_t>& hist, int64_t need, int64_t* above) {
+  int64_t acc = 0;
+  for (int64_t j = static_cast<int64_t>(hist.size()) - 1; j >= 0; --j) {
+    if (acc + hist[j] >= need) {
+      *above = acc;
+      return j;
+    }
+    acc += hist[j];
+  }
+  *above = acc;
+  return 0;
+}
+
+// BatchTopK's code in one pass over pre (the reference, sae_kth_largest then
+// sae_batch_select on pre + bias, reads it four times):
+//   1. a lower bound lo on the cut's bits: the histogram (top 15 bits) of every 16th row
+//      (1/16 of a pass), at the bin where that sample holds 1.5 * E * (its rows / B) values;
+//   2. one pass that adds the bias and collects, in row-major order, the candidates: the
+//      entries with bits >= lo (~1.5 E of them);
+//   3. if at least E candidates: the cut is the E-th largest candidate (every entry outside
+//      has bits < lo, so it is the E-th largest of all), exactly; the code is the candidates
+//      with v >= cut and v > 0, the first E. (lo = 1, i.e. every positive entry, is exact
+//      with fewer: then the cut is 0 and all positive entries are kept.)
+// Otherwise (the sample misjudged the batch, or more than 4 E candidates) it falls back to
+// the reference's four passes, with the bias added as it reads: `fallback` is set to 1.
+// Results equal the reference's exactly, ties and NaNs included.
+ffi::Error BatchTopKImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> pre, ffi::Buffer<ffi::F32> bias,
+                         ffi::ResultBuffer<ffi::S32> row, ffi::ResultBuffer<ffi::S32> idx,
+                         ffi::ResultBuffer<ffi::F32> vals, ffi::ResultBuffer<ffi::S32> fallback) {
+  auto dims = pre.dimensions();
+  if (dims.size() != 2) return ffi::Error::InvalidArgument("sae_batch_topk: pre must be [B, N]");
+  int64_t B = dims[0], N = dims[1], E = idx->element_count();
+  if (bias.element_count() != N) return ffi::Error::InvalidArgument("sae_batch_topk: bias must be [N]");
+  if (E < 1 || E > B * N) return ffi::Error::InvalidArgument("sae_batch_topk: need 1 <= E <= B*N");
+  const float* x = pre.typed_data();
+  const float* bs = bias.typed_data();
+  int32_t* r_out = row->typed_data();
+  int32_t* ix_out = idx->typed_data();
+  float* v_out = vals->typed_data();
+
+  // 1. The lower bound from the sample.
+  constexpr int64_t kStride = 16;
+  int64_t sample_rows = (B + kStride - 1) / kStride;
+  int64_t need = std::max<int64_t>(1, (3 * E * sample_rows + 2 * B - 1) / (2 * B));
+  int32_t lo = 1;
+  if (need <= sample_rows * N) {
+    int64_t above;
+    auto hist = RowHistogram(pool, x, bs, B, N, kStride, 1 << 15,
+                             [](int32_t b) { return b >> 16; });
+    lo = std::max<int32_t>(1, static_cast<int32_t>(PickBin(hist, need, &above) << 16));
+  }
+
+  // 2. The candidates, per chunk of rows, in row-major order; abandoned past 4 E.
+  struct Candidates {
+    std::vector<int32_t> row, col;
+    std::vector<float> val;
+  };
+  int64_t chunks = Chunks(pool, B, 16);
+  std::vector<Candidates> cand(chunks);
+  std::atomic<int64_t> total{0};
+  const int64_t cap = 4 * E + 256;
+  ParallelFor(pool, chunks, [&](int64_t ch) {
+    Candidates& c = cand[ch];
+    for (int64_t b = B * ch / chunks; b < B * (ch + 1) / chunks; ++b) {
+      if (total.load(std::memory_order_relaxed) > cap) return;
+      size_t before = c.val.size();
+      const float* xr = x + b * N;
+      auto push = [&](float v, int64_t j) {
+        c.row.push_back(static_cast<int32_t>(b));
+        c.col.push_back(static_cast<int32_t>(j));
+        c.val.push_back(v);
+      };
+      constexpr int64_t kLanes = 16;
+      int64_t j = 0;
+      for (; j + kLanes <= N; j += kLanes) {
+        float v[kLanes];
+        int32_t any = 0;
+        for (int64_t l = 0; l < kLanes; ++l) {
+          v[l] = xr[j + l] + bs[j + l];
+          int32_t bits;
+          std::memcpy(&bits, &v[l], sizeof(bits));
+          any |= bits >= lo;
+        }
+        if (!any) continue;
+        for (int64_t l = 0; l < kLanes; ++l) {
+          int32_t bits;
+          std::memcpy(&bits, &v[l], sizeof(bits));
+          if (bits >= lo) push(v[l], j + l);
+        }
+      }
+      for (; j < N; ++j) {
+        float v = xr[j] + bs[j];
+        int32_t bits;
+        std::memcpy(&bits, &v, sizeof(bits));
+        if (bits >= lo) push(v, j);
+      }
+      total.fetch_add(static_cast<int64_t>(c.val.size() - before), std::memory_order_relaxed);
+    }
+  });
+  int64_t n_cand = total.load();
+
+  // 3. The cut, exactly, from the candidates; else the reference's passes.
+  float cut = 0.0f;
+  bool fell_back = n_cand > cap || (n_cand < E && lo > 1);
+  if (!fell_back && n_cand >= E) {
+    std::vector<int32_t> bits;
+    bits.reserve(n_cand);
+    for (const Candidates& c : cand)
+      for (float v : c.val) bits.push_back(ThresholdBits(v));
+    std::nth_element(bits.begin(), bits.begin() + (E - 1), bits.end(), std::greater<int32_t>());
+    std::memcpy(&cut, &bits[E - 1], sizeof(cut));
+  }
+  auto keep = [&cut](float a) { return a >= cut && a > 0.0f; };
+  int64_t out = 0;
+  if (!fell_back) {
+    for (const Candidates& c : cand)
+      for (size_t q = 0; q < c.val.size() && out < E; ++q)
+        if (keep(c.val[q])) {
+          r_out[out] = c.row[q];
+          ix_out[out] = c.col[q];
+          v_out[out] = c.val[q];
+          ++out;
+        }
+  } else {
+    cand.clear();
+    int64_t above1 = 0, above2 = 0;
+    int64_t hi = PickBin(RowHistogram(pool, x, bs, B, N, 1, 1 << 15,
+                                      [](int32_t b) { return b >> 16; }), E, &above1);
+    int64_t low = PickBin(RowHistogram(pool, x, bs, B, N, 1, 1 << 16,
+                                       [hi](int32_t b) { return (b >> 16) == hi ? (b & 0xFFFF) : -1; }),
+                          E - above1, &above2);
+    int32_t cut_bits = static_cast<int32_t>((hi << 16) | low);
+    std::memcpy(&cut, &cut_bits, sizeof(cut));
+    std::vector<int64_t> count(chunks + 1, 0);
+    ParallelFor(pool, chunks, [&](int64_t ch) {
+      int64_t n = 0;
+      for (int64_t b = B * ch / chunks; b < B * (ch + 1) / chunks; ++b)
+        for (int64_t j = 0; j < N; ++j) n += keep(x[b * N + j] + bs[j]);
+      count[ch + 1] = n;
+    });
+    for (int64_t ch = 0; ch < chunks; ++ch) count[ch + 1] += count[ch];
+    ParallelFor(pool, chunks, [&](int64_t ch) {
+      int64_t o = count[ch];
+      for (int64_t b = B * ch / chunks; b < B * (ch + 1) / chunks && o < E; ++b)
+        for (int64_t j = 0; j < N && o < E; ++j) {
+          float v = x[b * N + j] + bs[j];
+          if (keep(v)) {
+            r_out[o] = static_cast<int32_t>(b);
+            ix_out[o] = static_cast<int32_t>(j);
+            v_out[o] = v;
+            ++o;
+          }
+        }
+    });
+    out = std::min(count[chunks], E);
+  }
+  for (int64_t e = out; e < E; ++e) {
+    r_out[e] = static_cast<int32_t>(B - 1);
+    ix_out[e] = 0;
+    v_out[e] = 0.0f;
+  }
+  fallback->typed_data()[0] = fell_back ? 1 : 0;
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SaeTopK, TopKImpl,
@@ -418,3 +611,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SaeKthLargest, KthLargestImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
+
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SaeBatchTopK, BatchTopKImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>());
