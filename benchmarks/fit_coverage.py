@@ -107,9 +107,9 @@ def _frontier():
         [r["flops"] for r in recs], [r["normalized_mse"] for r in recs],
         [r["run_id"] for r in recs], n_bootstrap=n_bootstrap, seed=int(rng.integers(1 << 30)),
         warn=False)
-    return dataclasses.replace(fit, ci95={**fit.ci95, "alpha[cluster bootstrap]": ci_boot["alpha"]})
+    return dataclasses.replace(fit, ci95={**fit.ci95, "alpha[run bootstrap]": ci_boot["alpha"]})
   alpha = 0.3 * 0.3 / 0.6
-  return draw, {"alpha": alpha, "alpha[cluster bootstrap]": alpha}, "alpha"
+  return draw, {"alpha": alpha, "alpha[run bootstrap]": alpha}, "alpha"
 
 
 class _Alloc:
