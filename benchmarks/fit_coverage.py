@@ -12,10 +12,11 @@ Settings (2% multiplicative lognormal noise unless said):
   L(N) pure, alpha = 0.5, 4 n_latents (the quickstart's grid)  -- t x sandwich SE
   L(N) + c, alpha = 0.5, c = min L / 3, 8 n_latents            -- t x sandwich SE
   Eq. 3 (Gao et al. 2024), 6 n_latents x 5 k                    -- t x sandwich SE
-  L(C) on the frontier of L(N, D) = A N^-a + B D^-b (a = b = 0.3, so alpha_C = 0.15),
-    6 runs x 24 evaluations, 2% run-level + 0.5% point-level noise -- t x the larger of
-    the cluster-robust sandwich and the jackknife SE (reported), and, with --bootstrap,
-    the cluster bootstrap with the frontier recomputed (not reported in fits.json)
+  L(C) of the frontier of L(N, D) = A N^-a + B D^-b (a = b = 0.3, so alpha_C = 0.15),
+    6 runs x 24 evaluations, 2% run-level + 0.5% point-level noise, fitted through each
+    run's compute-efficient point (`fit_frontier_law`) -- t x sandwich SE (reported),
+    and, with --bootstrap, the percentile interval of a bootstrap over those runs (not
+    reported in fits.json)
   L(N, D) Approach 3 on the same runs with E > 0: n*(C) ~ C^(b/(a+b)) -- as L(C)
 
   python benchmarks/fit_coverage.py [--replicates 200] [--bootstrap 0] [--only NAME]

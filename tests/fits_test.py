@@ -2,13 +2,15 @@
 and bad inputs fail with one actionable ConfigError."""
 
 import json
+import math
 import warnings
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from analysis.fitting import (PowerLawFit, compute_frontier, fit_frontier_law, fit_power_law,
-                              frontier_tangent_points)
+                              fit_law, frontier_tangent_points)
 from analysis.sweep_fits import fit_scaling_laws
 from sae_jax.errors import ConfigError
 
@@ -205,3 +207,18 @@ def test_frontier_law_falls_back_to_the_whole_frontier_and_says_why():
     fit, idx, _ = fit_frontier_law(c, l, runs, n_bootstrap=0)
   assert fit.n_points == len(idx) and "whole compute-efficient frontier" in fit.fitted_on
   assert "wider token range" in fit.note
+
+
+def test_the_floor_E_of_L_N_D_has_an_interval_on_the_linear_scale_that_may_reach_0():
+  c, l, runs = _frontier_runs(n_evals=12)
+  l = (0.02 + l) * _noisy(np.ones_like(l), seed=2, sigma=0.01)
+  n = np.array([float(r[1:]) for r in runs])
+  fit = fit_law("chinchilla", {"N": n, "D": c / (12 * 64 * n)}, l, clusters=runs, n_bootstrap=0,
+                warn=False)
+  lo, hi = fit.ci95["E"]
+  E, se = fit.params["E"], fit.stderr["E"]
+  half = hi - E
+  assert half > 0 and (lo == 0.0 or abs((E - lo) - half) < 1e-9 * half)
+  assert abs(half - scipy.stats.t.ppf(0.975, fit.dof) * se) < 1e-9 * half
+  lo_a, hi_a = fit.ci95["A"]  # the other log-fitted parameters: exp of their log's interval
+  assert abs(math.log(hi_a / fit.params["A"]) - math.log(fit.params["A"] / lo_a)) < 1e-9
