@@ -22,7 +22,8 @@ Settings (2% multiplicative lognormal noise unless said):
   python benchmarks/fit_coverage.py [--replicates 200] [--bootstrap 0] [--only NAME]
 
 All seven settings at 200 replicates with --bootstrap 0 (the reported intervals need no
-bootstrap): about 4 min on the shared 2-core CPU (measured).
+bootstrap): about 4 min on the shared 2-core CPU when idle; 23 min under load
+(2026-12-02, measured).
 
 The test suite runs a fast version (tests/fit_coverage_test.py).
 """
