@@ -49,6 +49,9 @@ class Law:
     uncentre: (mu: dict input -> mean log input) -> (Q, Q) T with theta = T @ theta_c.
     inits: (u, log y: (P,)) -> list of (Q,) starting theta_c (the grid of starts).
     source: the paper and equation.
+    linear_interval: log-fitted parameters whose interval is taken on the linear scale,
+      clipped at 0 (a floor such as E that the data may put at 0: its log-scale interval
+      can never reach 0 and is too narrow when the estimate is high).
   """
 
   name: str
@@ -61,6 +64,7 @@ class Law:
   uncentre: Callable[[Mapping[str, float]], Array]
   inits: Callable[[Mapping[str, Array], Array], list[Array]]
   source: str
+  linear_interval: frozenset[str] = frozenset()
 
   @property
   def n_params(self) -> int:
@@ -263,6 +267,7 @@ def _chin_inits(u, logy):
 CHINCHILLA = Law(
     name="chinchilla", formula="L(N, D) = E + A * N^(-alpha) + B * D^(-beta)",
     params=("E", "A", "alpha", "B", "beta"), log_params=frozenset({"E", "A", "B"}),
+    linear_interval=frozenset({"E"}),
     inputs=("N", "D"), min_distinct=(3, 3),
     design=_chin_design, uncentre=_chin_uncentre, inits=_chin_inits,
     source="Hoffmann et al. 2022, Eq. 2 and Sec. 3.3 (Approach 3), with N = n_latents and "

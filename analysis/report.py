@@ -213,6 +213,8 @@ def summary(fits: Mapping[str, Any]) -> str:
       lines.append(f"  L(C) frontier {key:>8} ({len(L_C['frontier'])} points of "
                    f"{len(L_C['runs'])} runs): alpha = {plots.format_param(L_C, 'alpha', 4)}, "
                    f"a = {L_C['params']['a']:.3g}")
+      if L_C.get("fitted_on"):
+        lines.append(f"    fitted on {L_C['fitted_on']}")
       if L_C.get("no_interval"):
         lines.append(f"    {L_C['no_interval']}")
     else:

@@ -99,9 +99,11 @@ def fit_scaling_laws(records: Sequence[Mapping[str, Any]], *, loss_key: str = LO
     "irreducible" (Gao et al. 2024, Sec. 3.1), with the unconverged runs listed in
     "unconverged". `convergence="include"` (default) fits them too and warns;
     "exclude" leaves them out and warns.
-  * ``L_C[group]``: L(C) = a * C^(-alpha) on the group's compute-efficient frontier
-    (Gao et al. 2024, Fig. 1 left), the frontier points listed; its interval a cluster
-    bootstrap over runs with the frontier recomputed (`fit_frontier_law`).
+  * ``L_C[group]``: L(C) = a * C^(-alpha) of the group's compute-efficient frontier
+    (Gao et al. 2024, Fig. 1 left), fitted through each run's compute-efficient point
+    (where its curve touches the frontier's envelope; the whole frontier where fewer than
+    3 runs reach theirs): "fitted_on" says which, "frontier" and "fitted_points" list the
+    points (`fit_frontier_law`).
   * ``L_C_envelope[architecture/data]``: the frontier over all k, only where several k
     are present, labelled as the extra it is (compute does not depend on k).
   * ``L_NK``: Gao et al. 2024, Eq. 3 over the final records of all n_latents and k (one
@@ -288,9 +290,10 @@ def collect_run_warnings(records: Sequence[Mapping[str, Any]]) -> dict[str, list
 
 def _frontier_fit(evals: Sequence[Mapping[str, Any]], loss_key: str, *, n_bootstrap: int,
                   seed: int, huber_delta: float) -> dict[str, Any]:
-  """L(C) on the frontier of one group's evaluation records (`fit_frontier_law`: a cluster
-  bootstrap over runs, the frontier recomputed per replicate), with the frontier points
-  and the runs used; {"error": why} when it cannot be fitted."""
+  """L(C) of one group's evaluation records (`fit_frontier_law`: through each run's
+  compute-efficient point, or the whole frontier where too few runs reach theirs;
+  `fitted_on` says which), with the frontier points, the points fitted and the runs used;
+  {"error": why} when it cannot be fitted."""
   runs = [run_key(r) for r in evals]
   n_runs = len(set(runs))
   fields = ("sweep", "run_id", "n_latents", "k", "tokens", "step", "flops", loss_key)
@@ -306,8 +309,11 @@ def _frontier_fit(evals: Sequence[Mapping[str, Any]], loss_key: str, *, n_bootst
                                          huber_delta=huber_delta)
   except ConfigError as e:
     return {"error": str(e), "runs": _run_names(evals)}
+  fitted = set(zip(fit.x["x"], fit.y))
   return {**fit.to_dict(),
           "frontier": [{f: evals[i].get(f) for f in fields} for i in idx],
+          "fitted_points": [{f: r.get(f) for f in fields} for r in evals
+                            if (float(r["flops"]), float(r[loss_key])) in fitted],
           "n_eval_points": len(evals), "runs": _run_names(evals)}
 
 

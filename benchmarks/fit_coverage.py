@@ -12,16 +12,18 @@ Settings (2% multiplicative lognormal noise unless said):
   L(N) pure, alpha = 0.5, 4 n_latents (the quickstart's grid)  -- t x sandwich SE
   L(N) + c, alpha = 0.5, c = min L / 3, 8 n_latents            -- t x sandwich SE
   Eq. 3 (Gao et al. 2024), 6 n_latents x 5 k                    -- t x sandwich SE
-  L(C) on the frontier of L(N, D) = A N^-a + B D^-b (a = b = 0.3, so alpha_C = 0.15),
-    6 runs x 24 evaluations, 2% run-level + 0.5% point-level noise -- t x the larger of
-    the cluster-robust sandwich and the jackknife SE (reported), and, with --bootstrap,
-    the cluster bootstrap with the frontier recomputed (not reported in fits.json)
+  L(C) of the frontier of L(N, D) = A N^-a + B D^-b (a = b = 0.3, so alpha_C = 0.15),
+    6 runs x 24 evaluations, 2% run-level + 0.5% point-level noise, fitted through each
+    run's compute-efficient point (`fit_frontier_law`) -- t x sandwich SE (reported),
+    and, with --bootstrap, the percentile interval of a bootstrap over those runs (not
+    reported in fits.json)
   L(N, D) Approach 3 on the same runs with E > 0: n*(C) ~ C^(b/(a+b)) -- as L(C)
 
   python benchmarks/fit_coverage.py [--replicates 200] [--bootstrap 0] [--only NAME]
 
 All seven settings at 200 replicates with --bootstrap 0 (the reported intervals need no
-bootstrap): about 4 min on the shared 2-core CPU (measured).
+bootstrap): about 4 min on the shared 2-core CPU when idle; 23 min under load
+(2026-12-02, measured).
 
 The test suite runs a fast version (tests/fit_coverage_test.py).
 """
@@ -107,9 +109,9 @@ def _frontier():
         [r["flops"] for r in recs], [r["normalized_mse"] for r in recs],
         [r["run_id"] for r in recs], n_bootstrap=n_bootstrap, seed=int(rng.integers(1 << 30)),
         warn=False)
-    return dataclasses.replace(fit, ci95={**fit.ci95, "alpha[cluster bootstrap]": ci_boot["alpha"]})
+    return dataclasses.replace(fit, ci95={**fit.ci95, "alpha[run bootstrap]": ci_boot["alpha"]})
   alpha = 0.3 * 0.3 / 0.6
-  return draw, {"alpha": alpha, "alpha[cluster bootstrap]": alpha}, "alpha"
+  return draw, {"alpha": alpha, "alpha[run bootstrap]": alpha}, "alpha"
 
 
 class _Alloc:

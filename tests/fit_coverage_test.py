@@ -14,7 +14,7 @@ import fit_coverage  # noqa: E402
     ("L(N) pure a=0.5, 8 n", 60, 0.85, 2.5),
     ("L(N) pure a=0.5, 4 n", 60, 0.80, 2.5),
     ("Eq. 3, 6 n x 5 k", 30, 0.80, 2.5),
-    ("L(C) frontier, 6 runs", 40, 0.80, 2.5),  # 93.5% over 200
+    ("L(C) frontier, 6 runs", 40, 0.80, 2.5),  # tangent points: 93.0% over 200
     # 6 runs for 5 parameters: the jackknife's errors are heavy-tailed (mean SE 2.5x RMSE)
     ("L(N,D) Approach 3, 6 runs", 20, 0.70, 4.0),
 ])

@@ -2,12 +2,15 @@
 and bad inputs fail with one actionable ConfigError."""
 
 import json
+import math
 import warnings
 
 import numpy as np
 import pytest
+import scipy.stats
 
-from analysis.fitting import PowerLawFit, compute_frontier, fit_power_law
+from analysis.fitting import (PowerLawFit, compute_frontier, fit_frontier_law, fit_power_law,
+                              fit_law, frontier_tangent_points)
 from analysis.sweep_fits import fit_scaling_laws
 from sae_jax.errors import ConfigError
 
@@ -136,7 +139,9 @@ def test_fit_scaling_laws_records_per_k_errors_instead_of_failing():
   assert fits["L_N"]["k=32"]["power_law"]["params"]["alpha"] > 0
   assert "params" in fits["L_N"]["k=32"]["irreducible"]
   # L(C) per k: compute does not depend on k, so k=16's two runs are not a frontier.
-  assert fits["L_C"]["k=32"]["params"]["alpha"] > 0 and len(fits["L_C"]["k=32"]["frontier"]) >= 3
+  L_C = fits["L_C"]["k=32"]
+  assert L_C["params"]["alpha"] > 0 and len(L_C["frontier"]) >= 3 and L_C["fitted_on"]
+  assert len(L_C["fitted_points"]) == L_C["n_points"]
   assert "at least 3 distinct runs, got 2" in fits["L_C"]["k=16"]["error"]
   assert fits["L_C"]["k=32"]["runs"] == [f"s/n{n}_k32" for n in (1024, 2048, 256, 512)]
   assert fits["n_records"] == len(records) and fits["sweeps"] == ["s"]
@@ -165,3 +170,55 @@ def test_mixed_architectures_and_layers_are_fitted_per_group_and_say_so():
     assert len(runs) == 4 and len({r.split("_", 2)[-1] for r in runs}) == 1  # one group's runs
     assert fits["L_N"][key]["runs"] == runs
   assert "error" in fits["L_NK"]  # Eq. 3 needs one architecture and data setting
+
+
+def _frontier_runs(n_evals=24, span=(1 / 64, 4)):
+  """Noise-free L = N^-0.3 + D^-0.3 of 6 runs, N = 2^10 .. 2^15, each evaluated at n_evals
+  log-spaced token counts; the compute-optimal L(C) ~ C^-0.15 (Hoffmann et al. 2022, Eq. 4)."""
+  c, l, runs = [], [], []
+  for n in 2.0 ** np.arange(10, 16):
+    for d in np.geomspace(span[0] * n, span[1] * n, n_evals):
+      c.append(12 * 64 * n * d)
+      l.append(n ** -0.3 + d ** -0.3)
+      runs.append(f"n{int(n)}")
+  return np.array(c), np.array(l), runs
+
+
+def test_frontier_law_is_fitted_through_each_runs_tangent_point():
+  c, l, runs = _frontier_runs()
+  idx = compute_frontier(c, l)
+  # the frontier's ends lie above the compute-optimal curve: fitted whole, it is too steep
+  whole = -np.polyfit(np.log(c[idx]), np.log(l[idx]), 1)[0]
+  assert whole > 0.155
+  fit, f_idx, _ = fit_frontier_law(c, l, runs, n_bootstrap=0, warn=False)
+  np.testing.assert_array_equal(f_idx, idx)
+  assert abs(fit.params["alpha"] - 0.15) < 0.001
+  assert fit.n_points == 6 and "compute-efficient point of each of 6 runs" in fit.fitted_on
+  # each fitted point is its run's minimum of log L + alpha log C, inside its evaluations
+  t_idx = frontier_tangent_points(c, l, runs, fit.params["alpha"])
+  np.testing.assert_allclose(fit.x["x"], c[t_idx])
+  assert [runs[i] for i in t_idx] == [f"n{2 ** e}" for e in range(10, 16)]
+
+
+def test_frontier_law_falls_back_to_the_whole_frontier_and_says_why():
+  # runs evaluated only past their optimum: none reaches its tangent point
+  c, l, runs = _frontier_runs(n_evals=6, span=(2, 8))
+  with pytest.warns(UserWarning, match="only 0 runs reach their compute-efficient point"):
+    fit, idx, _ = fit_frontier_law(c, l, runs, n_bootstrap=0)
+  assert fit.n_points == len(idx) and "whole compute-efficient frontier" in fit.fitted_on
+  assert "wider token range" in fit.note
+
+
+def test_the_floor_E_of_L_N_D_has_an_interval_on_the_linear_scale_that_may_reach_0():
+  c, l, runs = _frontier_runs(n_evals=12)
+  l = (0.02 + l) * _noisy(np.ones_like(l), seed=2, sigma=0.01)
+  n = np.array([float(r[1:]) for r in runs])
+  fit = fit_law("chinchilla", {"N": n, "D": c / (12 * 64 * n)}, l, clusters=runs, n_bootstrap=0,
+                warn=False)
+  lo, hi = fit.ci95["E"]
+  E, se = fit.params["E"], fit.stderr["E"]
+  half = hi - E
+  assert half > 0 and (lo == 0.0 or abs((E - lo) - half) < 1e-9 * half)
+  assert abs(half - scipy.stats.t.ppf(0.975, fit.dof) * se) < 1e-9 * half
+  lo_a, hi_a = fit.ci95["A"]  # the other log-fitted parameters: exp of their log's interval
+  assert abs(math.log(hi_a / fit.params["A"]) - math.log(fit.params["A"] / lo_a)) < 1e-9
