@@ -173,8 +173,10 @@ for k in sorted({r["k"] for r in finals}):
 ## L(C) on the compute-efficient frontier (Gao et al. 2024, Fig. 1 left)
 The frontier is the lower envelope of every evaluation point of every run of one k against
 training compute (compute does not depend on k: pooling k would give the largest k's
-envelope). Its points are consecutive evaluations of a few runs, so the interval is
-cluster-robust over runs (`fit_frontier_law`)."""),
+envelope). Its points are consecutive evaluations of a few runs that share each run's
+noise, so `fit_frontier_law` fits L(C) through one point per run, where the run's curve
+touches the envelope (Kaplan et al. 2020, Sec. 6), and its interval is a t interval on
+those independent points (`fits.json` says what it was fitted on)."""),
       new_code_cell("""\
 k0 = sorted({r["k"] for r in records})[-1]
 evals = [r for r in records if r["normalized_mse"] > 0 and r["k"] == k0]

@@ -13,7 +13,8 @@ so every run's loss-vs-compute curve spans the compute range where the others ar
 Run time on a 2-core CPU, measured with the quickstart's cache present: 14 min 11 s (one
 data pass for all 6 SAEs, 6,400 steps, with the sparse step of `sae_jax.saes.sparse`). Add
 ~5 min of harvest without the cache. What it found: L(C) = 7.4 C^(-0.124) over 45
-frontier points; n_latents*(C) ~ C^0.49 from 8 interior compute levels (tokens*(C) ~
+frontier points (fitted on the whole frontier, a method the coverage benchmark later
+found biased steep by ~0.7 SE; `sae-jax fit` now fits each run's tangent point); n_latents*(C) ~ C^0.49 from 8 interior compute levels (tokens*(C) ~
 C^0.51 is its complement, C = 12 d_in n D). So at this scale the optimal number of
 features grows as fast as the optimal number of tokens, not faster as Templeton et al.
 2024 found; the two extreme levels have their best n_latents at the edge of the sweep and
