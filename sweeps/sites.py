@@ -33,7 +33,6 @@ def get_config():
   c.train.token_budget = 102_400
   c.train.dead_tokens = 25_600
   c.train.checkpoint_every_steps = 100
-  c.train.lr_scale = 4.0  # as sweeps/quickstart.py: a short budget
   c.sae.k = 16
   return c
 
