@@ -73,6 +73,9 @@ def _harvest(args) -> None:
   from sae_jax.data import harvest  # heavy: torch, transformers
   cfg = _config(args)
   config_lib.validate(cfg)
+  if cfg.data.get("cache", "disk") == "none":
+    raise ConfigError("sae-jax harvest builds the disk cache, and data.cache='none' asks for "
+                      "none; drop data.cache='none' to harvest, or train directly with it")
   cache = harvest.get_or_harvest(cfg, verify=args.verify)
   m = cache.meta
   print(f"{cache.path}\n  model {m['model']} layer {m['layer']} d_in {cache.d_in}: "

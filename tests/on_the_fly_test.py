@@ -120,10 +120,10 @@ def test_stream_holds_the_harvests_rows_and_its_eval_split(sweep):
   np.testing.assert_allclose(src.stats["mean_norm"], cache.stats["mean_norm"], rtol=0.1)
 
 
-def test_sweep_trains_every_point_without_a_cache_and_resumes(sweep, capsys):
+def test_sweep_trains_every_point_without_a_cache(sweep, capsys):
   root, path, _ = sweep
   out = str(root / "runs")
-  assert cli.main(["sweep", path, "--set", f"out_dir={out}"]) == 0
+  assert cli.main(["sweep", path, "--set", f"out_dir={out}", "--no-fit"]) == 0
   log = capsys.readouterr()
   assert "(2 SAEs share one pass over the data)" in log.out, log.out
   assert _activation_files(str(root / "cache")) == []
@@ -138,48 +138,44 @@ def test_sweep_trains_every_point_without_a_cache_and_resumes(sweep, capsys):
 
 
 def test_a_stopped_run_resumes_to_the_same_bits(sweep, tmp_path):
-  """Two SAEs share a pass; it stops at step 53 (2nd epoch; last checkpoint at 48) and a
-  fresh source (a relaunch) resumes it: records and parameters equal an uninterrupted
-  pass, and the relaunch runs the LM only from step 48's shuffle buffer on."""
+  """A run stops at step 53 (2nd epoch; last checkpoint at 48) and a fresh source (a
+  relaunch) resumes it: records and parameters equal an uninterrupted run's, and the
+  relaunch runs the LM only from step 48's shuffle buffer on."""
   _, _, base = sweep
-  configs = []
-  for n in (32, 64):
-    c = base.copy_and_resolve_references()
-    c.data.cache_dir = str(tmp_path / "cache")
-    c.sae.n_latents, c.sae.k = n, 4
-    configs.append(c)
-  full_dirs = [str(tmp_path / f"full{i}") for i in range(2)]
-  part_dirs = [str(tmp_path / f"part{i}") for i in range(2)]
-  full = trainer.train_many(configs, on_the_fly.OnTheFlySource(configs[0], False), full_dirs,
-                            progress=False)
+  c = base.copy_and_resolve_references()
+  c.data.cache_dir = str(tmp_path / "cache")
+  c.sae.n_latents, c.sae.k = 32, 4
+  full = trainer.train(c, on_the_fly.OnTheFlySource(c, False), str(tmp_path / "full"),
+                       progress=False)
   original = batches.stream
   batches.stream = lambda s, b, seed, start, end, **kw: original(s, b, seed, start, min(end, 53),
                                                                  **kw)
   try:
-    trainer.train_many(configs, on_the_fly.OnTheFlySource(configs[0], False), part_dirs,
-                       progress=False)
+    trainer.train(c, on_the_fly.OnTheFlySource(c, False), str(tmp_path / "part"), progress=False)
   finally:
     batches.stream = original
-  assert [checkpoint.Checkpointer(d + "/checkpoints").latest_step() for d in part_dirs] == [48, 48]
-  src = on_the_fly.OnTheFlySource(configs[0], False)
+  assert checkpoint.Checkpointer(str(tmp_path / "part" / "checkpoints")).latest_step() == 48
+  src = on_the_fly.OnTheFlySource(c, False)
   at_start = src.n_forward_contexts
-  resumed = trainer.train_many(configs, src, part_dirs, progress=False)
+  resumed = trainer.train(c, src, str(tmp_path / "part"), progress=False)
   strip = lambda rs: [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rs]
-  for a, b in zip(full, resumed):
-    assert strip(a) == strip(b)
-  for fd, pd in zip(full_dirs, part_dirs):
-    sa, _ = checkpoint.Checkpointer(fd + "/checkpoints").restore_untyped(60)
-    sb, _ = checkpoint.Checkpointer(pd + "/checkpoints").restore_untyped(60)
-    for name in sa["params"]:
-      np.testing.assert_array_equal(sa["params"][name], sb["params"][name])
+  assert strip(resumed) == strip(full)
+  sa, _ = checkpoint.Checkpointer(str(tmp_path / "full" / "checkpoints")).restore_untyped(60)
+  sb, _ = checkpoint.Checkpointer(str(tmp_path / "part" / "checkpoints")).restore_untyped(60)
+  for name in sa["params"]:
+    np.testing.assert_array_equal(sa["params"][name], sb["params"][name])
   # steps 48..59 are stream positions 2880..3599 = offsets 1080..1799 of epoch 1: its
   # shuffle buffers 6..9 (180 rows = 12 contexts each), 48 contexts; not the 240 of both
   # epochs, nor anything past the run's end (the read-ahead stops there)
   assert src.n_forward_contexts - at_start == 48
 
 
-def test_bad_cache_settings_say_what_to_change(sweep):
-  _, _, base = sweep
+def test_bad_cache_settings_say_what_to_change(sweep, capsys):
+  root, path, base = sweep
+  assert cli.main(["harvest", "--sweep", path]) == 2
+  err = capsys.readouterr().err
+  assert "data.cache='none' asks for none" in err and len(err.strip().splitlines()) == 1, err
+  assert _activation_files(str(root / "cache")) == []
   c = base.copy_and_resolve_references()
   c.data.cache = "ram"
   with pytest.raises(errors.ConfigError, match=r"data.cache='ram' is not 'disk'"):
