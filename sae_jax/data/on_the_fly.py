@@ -21,9 +21,12 @@ rows an uninterrupted run would.
 
 Cost: the LM runs once per epoch over the training contexts, and `batches.stream` computes
 the next buffer while training consumes the current one. Memory holds the token ids
-(int32 [C, S]), the eval split's activations and up to three shuffle buffers (float32
-[B * P * shuffle_buffer_blocks, d_in] each). The normalisation statistics (`stats`) come
-from the first shuffle buffer of epoch 0, not the whole split, so a data.cache="none" run
+(int32 [C, S]), the eval split's activations and up to four shuffle buffers (float32
+[B * P * shuffle_buffer_blocks, d_in] each: the stream's current and previous one, the
+next one being computed, and at the start the first one, kept from set-up). On a GPU, JAX
+preallocates most of its memory by default; leave the LM room (XLA_PYTHON_CLIENT_MEM_FRACTION). The normalisation statistics (`stats`) come
+from the first shuffle buffer of epoch 0, not the whole split (computed at set-up with the
+LM batches of the runs' b_pre sample, and reused by the stream), so a data.cache="none" run
 differs from its cached twin in that constant (used only by sae.input_norm="mean_norm"),
 in its initial b_pre sample (`sample_rows`) and in its order.
 """
@@ -123,11 +126,13 @@ class OnTheFlySource:
     _say(f"computing the held-out split ({self._n['eval']:,} tokens)", progress)
     self._eval_NxD = np.concatenate(
         [self._forward("eval", b) for b in range(self._n_blocks("eval"))])
-    self._memo: dict = {}  # LM batches of the first shuffle buffer, until the stream moves on
-    first = np.sort(self.order.epoch_order(self._n["train"], int(cfg.seed), 0)
-                    [:self.order.window_rows])
-    self._memo = {b: self._forward("train", b) for b in np.unique(first // self.order.block_rows)}
-    self.stats = _stats(self.read("train", first))
+    # the LM batches of the first shuffle buffer and of the runs' b_pre sample
+    # (`sample_rows`), kept until the stream reads past them
+    self._memo: dict = {}
+    head = self.order.epoch_order(self._n["train"], int(cfg.seed), 0)[:max(
+        self.order.window_rows, int(cfg.sae.get("geometric_median_samples", 0) or 0))]
+    self._memo = {b: self._forward("train", b) for b in np.unique(head // self.order.block_rows)}
+    self.stats = _stats(self.read("train", np.sort(head[:self.order.window_rows])))
 
   def _n_blocks(self, split: str) -> int:
     return math.ceil(math.ceil(self._n[split] / self.P) / self.lm_batch)
