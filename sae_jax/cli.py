@@ -73,6 +73,9 @@ def _harvest(args) -> None:
   from sae_jax.data import harvest  # heavy: torch, transformers
   cfg = _config(args)
   config_lib.validate(cfg)
+  if cfg.data.get("cache", "disk") == "none":
+    raise ConfigError("sae-jax harvest builds the disk cache, and data.cache='none' asks for "
+                      "none; drop data.cache='none' to harvest, or train directly with it")
   index, n_proc = distributed.process()  # several: each harvests its part (README)
   cache = next(iter(harvest.get_or_harvest_many(
       cfg, None, verify=args.verify, process=(index, n_proc),

@@ -103,6 +103,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.shuffle_block_rows = 0
   c.data.shuffle_buffer_blocks = 16
   c.data.lm_batch_size = 32  # contexts per LM forward pass while harvesting
+  # "disk": harvest the activation cache once, then train from it (reused by later runs);
+  # "none": no cache, the LM runs as training reads (sae_jax.data.on_the_fly): the stream
+  # shuffles LM batches of lm_batch_size contexts, shuffle_buffer_blocks of them at a time
+  # in memory (shuffle_block_rows must be 0); train_many feeds every SAE of the pass.
+  c.data.cache = "disk"
   # dtype of the LM forward pass; None: bfloat16 on CUDA, float32 on CPU (data.settings)
   c.data.torch_dtype = ml_collections.FieldReference(None, field_type=str)
   c.data.device = "cpu"  # torch device for the LM

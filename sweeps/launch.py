@@ -53,7 +53,8 @@ def share_lm_passes(configs: list, caches: dict, progress: bool = True) -> None:
   (`harvest.get_or_harvest_many`). Adds each point's cache to `caches` by its data key."""
   groups: dict[str, list] = {}
   for cfg in configs:
-    if cfg.data.source != "lm" or _data_key(cfg) in caches:
+    if (cfg.data.source != "lm" or cfg.data.get("cache", "disk") == "none"
+        or _data_key(cfg) in caches):
       continue
     d = cfg.data.to_dict()
     for key in ("layer", "site", "layers", "sites"):
@@ -115,7 +116,8 @@ def run_points_here(indices: list[int], points: list[dict], configs: list, out: 
       rid = run_id(points[i], resolved)
       info = {"sweep": cfg.name, "run_id": rid, "model": cache.meta["model"],
               "layer": cache.meta["layer"], "site": cache.meta.get("site", "residual"),
-              "cache": os.path.basename(getattr(cache, "path", "synthetic"))}
+              "cache": (f"none:{cache.meta['cache_key']}" if cache.meta.get("cache") == "none"
+                        else os.path.basename(getattr(cache, "path", "synthetic")))}
       prepared[i] = (resolved, rid, os.path.join(out, rid), info,
                      (data_key, trainer.data_pass_key(resolved)))
     return prepared[i]

@@ -102,7 +102,10 @@ def run_id(point: dict, resolved: ml_collections.ConfigDict) -> str:
   identity["train"].pop("sparse_impl", None)  # likewise
   if identity["sae"].get("input_scale") is None:
     identity["sae"].pop("input_scale", None)  # measured at training (as before the field)
-  if not identity["data"].get("shuffle_block_rows"):  # random rows: as before the fields
+  on_the_fly = identity["data"].get("cache", "disk") == "none"
+  if not on_the_fly:
+    identity["data"].pop("cache", None)  # the disk cache: as before the field existed
+  if not identity["data"].get("shuffle_block_rows") and not on_the_fly:  # random rows
     identity["data"].pop("shuffle_block_rows", None)
     identity["data"].pop("shuffle_buffer_blocks", None)
   if identity["train"].get("compute_dtype") == "float32":

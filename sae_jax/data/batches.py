@@ -19,6 +19,7 @@ on its way to the device while the step runs (double buffering).
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import queue
 import threading
@@ -37,6 +38,10 @@ class ActivationSource(Protocol):
   def n_tokens(self, split: str) -> int: ...
 
   def read(self, split: str, rows: np.ndarray) -> np.ndarray: ...
+
+  # Optional, for a source that computes its rows (`sae_jax.data.on_the_fly`):
+  #   order: BlockOrder        the training order the trainer must use
+  #   sample_rows(n, seed)     the rows of a run's initial sample (b_pre)
 
 
 def norm_scale(method: str, stats: dict, d_in: int) -> float:
@@ -154,19 +159,40 @@ def ordered_rows(n_rows: int, batch_size: int, seed: int, step: int,
 class _BufferedReader:
   """Reads a block-ordered stream window by window: each shuffle buffer's rows are read
   once, sorted (sequential runs of block_rows rows), and batches are gathered from
-  memory. Holds at most two windows (a batch may straddle a window boundary)."""
+  memory. Once a window is in, the next one the stream needs (before stream position
+  `end_row`) is read on a second thread while batches are served from this one (for
+  `sae_jax.data.on_the_fly`, the LM forward of the next buffer overlaps training). Holds
+  at most four windows (a batch may straddle a window boundary; one being read ahead)."""
 
-  def __init__(self, source, split: str, n_rows: int, seed: int, order: BlockOrder):
+  def __init__(self, source, split: str, n_rows: int, seed: int, order: BlockOrder,
+               end_row: int | None = None):
     self.source, self.split, self.n_rows, self.seed, self.order = source, split, n_rows, seed, order
+    self.end_row = end_row
     self.windows: dict = {}
+    self.ahead: dict = {}  # (epoch, window) -> Future of _load
+    self.pool = concurrent.futures.ThreadPoolExecutor(1) if end_row is not None else None
+
+  def _load(self, epoch: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    size = self.order.window_rows
+    rows = np.sort(self.order.epoch_order(self.n_rows, self.seed, epoch)[w * size:(w + 1) * size])
+    return rows, self.source.read(self.split, rows)
 
   def _window(self, epoch: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     if (epoch, w) not in self.windows:
-      size = self.order.window_rows
-      rows = np.sort(self.order.epoch_order(self.n_rows, self.seed, epoch)[w * size:(w + 1) * size])
+      future = self.ahead.pop((epoch, w), None)
+      data = future.result() if future is not None else self._load(epoch, w)
       self.windows = {k: v for k, v in self.windows.items() if k > (epoch, w - 2)}
-      self.windows[(epoch, w)] = (rows, self.source.read(self.split, rows))
+      self.windows[(epoch, w)] = data
+      size = self.order.window_rows
+      nxt = (epoch, w + 1) if (w + 1) * size < self.n_rows else (epoch + 1, 0)
+      if (self.pool is not None and nxt not in self.ahead and nxt not in self.windows
+          and nxt[0] * self.n_rows + nxt[1] * size < self.end_row):
+        self.ahead[nxt] = self.pool.submit(self._load, *nxt)
     return self.windows[(epoch, w)]
+
+  def close(self) -> None:
+    if self.pool is not None:
+      self.pool.shutdown(wait=False, cancel_futures=True)
 
   def read(self, batch_size: int, step: int) -> np.ndarray:
     size = self.order.window_rows
@@ -195,7 +221,8 @@ def stream(source: ActivationSource, batch_size: int, seed: int, start_step: int
   n_rows = source.n_tokens(split)
   q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
   stop = threading.Event()
-  buffered = None if order is None else _BufferedReader(source, split, n_rows, seed, order)
+  buffered = None if order is None else _BufferedReader(source, split, n_rows, seed, order,
+                                                        end_row=end_step * batch_size)
 
   def worker():
     try:
@@ -229,6 +256,8 @@ def stream(source: ActivationSource, batch_size: int, seed: int, start_step: int
         q.get(timeout=0.1)
       except queue.Empty:
         pass
+    if buffered is not None:
+      buffered.close()
 
 
 def prefetch_to_device(batches_it: Iterator[tuple[int, Any]], put: Callable[[Any], Any],

@@ -10,6 +10,7 @@ import codecs
 from sae_jax.errors import ConfigError
 
 SOURCES = ("lm", "synthetic")
+CACHES = ("disk", "none")  # data.cache: harvest to disk first, or train from the LM forward
 # Hook sites of block L, named as TransformerLens names its hooks (SAELens's hook_name),
 # -> (TransformerLens hook, what is captured in a transformers model).
 SITES = {
@@ -96,5 +97,13 @@ def validate(d) -> None:
   need(d.get("shuffle_block_rows", 0) >= 0,
        f"data.shuffle_block_rows={d.get('shuffle_block_rows')} must be 0 (random rows) or "
        "a positive block size")
+  cache = d.get("cache", "disk") if hasattr(d, "get") else "disk"
+  need(cache in CACHES, f"data.cache={cache!r} is not 'disk' (harvest the activation cache, "
+       "then train) or 'none' (train from the LM forward, nothing written)")
+  need(cache == "disk" or not d.get("shuffle_block_rows", 0),
+       f"data.shuffle_block_rows={d.get('shuffle_block_rows')} applies to the disk cache; with "
+       "data.cache='none' a block is one LM batch (data.lm_batch_size contexts): set it to 0")
+  need(d.get("lm_batch_size", 1) >= 1,
+       f"data.lm_batch_size={d.get('lm_batch_size')} must be at least 1")
   need(d.get("shuffle_buffer_blocks", 1) >= 1,
        f"data.shuffle_buffer_blocks={d.get('shuffle_buffer_blocks')} must be at least 1")

@@ -93,8 +93,11 @@ class _Run:
     key = jax.random.PRNGKey(c.seed)
 
     def fresh_state():
-      rows = np.sort(np.random.default_rng([c.seed, 1 << 20]).choice(
-          source.n_tokens("train"), n_sample, replace=False))
+      if hasattr(source, "sample_rows"):  # a source that computes rows (data.cache="none")
+        rows = source.sample_rows(n_sample, c.seed)
+      else:
+        rows = np.sort(np.random.default_rng([c.seed, 1 << 20]).choice(
+            source.n_tokens("train"), n_sample, replace=False))
       return init_state(key, source.read("train", rows), c, scale, opt)
 
     self.ckpt = checkpoint.Checkpointer(f"{run_dir}/checkpoints")
@@ -331,8 +334,9 @@ def train_many(configs: list[ml_collections.ConfigDict], source: batches.Activat
       raise e
 
   d = runs[0].c.data
-  order = (batches.BlockOrder(d.shuffle_block_rows, d.shuffle_buffer_blocks)
-           if d.get("shuffle_block_rows") else None)
+  order = getattr(source, "order", None) or (  # a source's own order (data.cache="none")
+      batches.BlockOrder(d.shuffle_block_rows, d.shuffle_buffer_blocks)
+      if d.get("shuffle_block_rows") else None)
   host_batches = batches.stream(source, B, seed, start, end, rows=rows, order=order)
   stop_at, t_loop = None, time.time()  # a signal's stop step (`_stop_step`), once asked
   with (jax.set_mesh(mesh), signals.deferred(),  # the next batch is sent to the devices while this one trains
