@@ -9,6 +9,7 @@ import re
 import shutil
 
 import huggingface_hub
+import huggingface_hub.constants  # a lazy submodule: imported before the tests patch it
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
@@ -17,6 +18,7 @@ from sae_jax import cli
 from sae_jax.errors import ConfigError
 from sae_jax.tools import interchange
 from sweeps import launch
+from interchange_test import _acts, _sparsify_folder, _sparsify_forward
 
 SWEEP = '''
 from sae_jax.config import default_config
@@ -120,3 +122,17 @@ def test_push_refuses_a_bad_repo_id_and_an_unfinished_run(tmp_path, capsys, run_
   assert "repo id 'no-owner' is not owner/name" in capsys.readouterr().err
   assert cli.main(["push", str(tmp_path), "me/saes", "--dry-run"]) == 2
   assert "is not a finished run" in capsys.readouterr().err
+
+
+def test_load_sparsify_layout_from_the_hub_cache_offline(tmp_path, monkeypatch):
+  """A sparsify repository (one folder per hookpoint) read through hf://owner/name/hookpoint,
+  offline from the hub cache, computes what sparsify's forward computes."""
+  w = _sparsify_folder(str(tmp_path / "repo" / "layers.6"))
+  _hand_laid_hub_cache(tmp_path / "cache", "eleuther/sae-smollm2", "", tmp_path / "repo")
+  monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+  monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+  params, cfg = interchange.load("hf://eleuther/sae-smollm2/layers.6")
+  assert cfg["imported_from"].startswith("sparsify:") and cfg["architecture"] == "topk"
+  x = _acts()
+  z_ref, _ = _sparsify_forward(w, x)
+  np.testing.assert_allclose(interchange.encode(params, cfg, x)[0], z_ref, rtol=1e-4, atol=1e-4)

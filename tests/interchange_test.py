@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from safetensors.numpy import save_file
 
 from sae_jax.tools import interchange
 from sae_jax.errors import ConfigError
@@ -246,3 +247,62 @@ def test_a_corrupted_export_is_named(tmp_path):
   open(os.path.join(exp, "config.json"), "w").write('{"format": 1')
   with pytest.raises(ConfigError, match="cannot be read"):
     interchange.load(exp)
+
+
+def _sparsify_folder(root, k=K, **cfg_changes):
+  """One hookpoint's folder as EleutherAI sparsify's `SparseCoder.save_to_disk` writes it
+  (cfg.json with d_in; sae.safetensors with its module's parameter names)."""
+  rng = np.random.default_rng(3)
+  enc = (rng.normal(size=(N, D)) * 0.05).astype(np.float32)
+  W_dec = enc / np.linalg.norm(enc, axis=1, keepdims=True)
+  weights = {"encoder.weight": enc, "encoder.bias": (rng.normal(size=(N,)) * 0.05).astype(np.float32),
+             "W_dec": W_dec.astype(np.float32), "b_dec": (rng.normal(size=(D,)) * 2).astype(np.float32)}
+  cfg = {"activation": "topk", "expansion_factor": 2, "normalize_decoder": True, "num_latents": N,
+         "k": k, "multi_topk": False, "skip_connection": False, "transcode": False, "d_in": D,
+         **cfg_changes}
+  os.makedirs(root, exist_ok=True)
+  save_file(weights, os.path.join(root, "sae.safetensors"))
+  json.dump(cfg, open(os.path.join(root, "cfg.json"), "w"))
+  return weights
+
+
+def _sparsify_forward(w, x, k=K):
+  """sparsify's SparseCoder.forward in numpy: TopK_k(ReLU(encoder(x - b_dec))), decoded
+  by W_dec^T plus b_dec (float64)."""
+  x = x.astype(np.float64)
+  pre = np.maximum((x - w["b_dec"]) @ w["encoder.weight"].T.astype(np.float64) + w["encoder.bias"], 0)
+  idx = np.argsort(-pre, axis=1, kind="stable")[:, :k]
+  z = np.zeros_like(pre)
+  np.put_along_axis(z, idx, np.take_along_axis(pre, idx, 1), 1)
+  return z, z @ w["W_dec"] + w["b_dec"]
+
+
+def test_sparsify_folder_imports_to_its_forward(tmp_path):
+  folder = str(tmp_path / "layers.6")
+  w = _sparsify_folder(folder)
+  params, cfg = interchange.load(folder)
+  assert cfg["architecture"] == "topk" and cfg["k"] == K and cfg["input_norm"] == "none"
+  assert cfg["imported_from"].startswith("sparsify:") and cfg["hook_name"] == "layers.6"
+  x = _acts()
+  z_ref, x_hat_ref = _sparsify_forward(w, x)
+  z, norm = interchange.encode(params, cfg, x)
+  np.testing.assert_array_equal(z != 0, z_ref != 0)
+  np.testing.assert_allclose(z, z_ref, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(interchange.decode(params, cfg, z, norm), x_hat_ref, rtol=1e-4, atol=1e-3)
+  # and on to SAELens: the same numbers through SAELens' forward
+  out = interchange.write_export(params, cfg, str(tmp_path / "ours"))
+  z_sl, x_hat_sl = _saelens_forward(interchange.to_saelens(out, str(tmp_path / "sl")), x)
+  np.testing.assert_allclose(z_sl, z_ref, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(x_hat_sl, x_hat_ref, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"transcode": True}, "a transcoder"), ({"skip_connection": True}, "a skip connection"),
+    ({"activation": "groupmax"}, "only sparsify's topk"), ({"k": N + 1}, "not an integer in"),
+    ({"d_in": D + 1}, "do not belong together")])
+def test_sparsify_folders_sae_jax_cannot_represent_are_refused(tmp_path, change, match):
+  folder = str(tmp_path / "sp")
+  _sparsify_folder(folder, **change)
+  with pytest.raises(ConfigError, match=match) as e:
+    interchange.load(folder)
+  assert "\n" not in str(e.value)

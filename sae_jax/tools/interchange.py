@@ -56,6 +56,7 @@ SAELENS_VERSION = "6.0.0"  # the cfg.json layout written here (top-level fields 
 LN_EPS = 1e-5  # the eps of OpenAI's / SAELens' LN preprocessing
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 HF_PREFIX = "hf://"
+SPARSIFY_CFG, SPARSIFY_WEIGHTS = "cfg.json", "sae.safetensors"  # SparseCoder.save_to_disk
 
 
 
@@ -117,7 +118,8 @@ def load(path: str) -> tuple[dict, dict]:
     path: a run directory (checkpoints/; its export/ is used when present, else the
       latest checkpoint is exported to a temporary directory), an export directory
       (config.json + sae.safetensors), a SAELens directory (cfg.json +
-      sae_weights.safetensors) or an OpenAI state dict file (.pt).
+      sae_weights.safetensors), an EleutherAI sparsify directory (cfg.json +
+      sae.safetensors, one hookpoint) or an OpenAI state dict file (.pt).
 
     May be "hf://owner/name[/subdir]": that folder of a Hugging Face Hub repository,
       fetched by `huggingface_hub.snapshot_download` (the hub cache first;
@@ -135,6 +137,10 @@ def load(path: str) -> tuple[dict, dict]:
   if not os.path.isdir(path):
     raise ConfigError(f"{path!r} does not exist; give a run directory, an export directory, "
                       "a SAELens directory or an OpenAI .pt file")
+  if (os.path.isfile(os.path.join(path, SPARSIFY_WEIGHTS))
+      and os.path.isfile(os.path.join(path, SPARSIFY_CFG))
+      and not os.path.isfile(os.path.join(path, "config.json"))):
+    return read_sparsify(path)
   if os.path.isfile(os.path.join(path, "sae.safetensors")):
     return read_export(path)
   if os.path.isfile(os.path.join(path, SAELENS_CFG)):
@@ -441,6 +447,63 @@ def read_saelens(path: str, norm_scale: float | None = None) -> tuple[dict, dict
 def from_saelens(path: str, out_dir: str, norm_scale: float | None = None) -> str:
   """`read_saelens` written as an export directory (see `write_export`)."""
   return write_export(*read_saelens(path, norm_scale), out_dir)
+
+
+# -------------------------------------------------------------------------- sparsify
+
+
+def read_sparsify(path: str) -> tuple[dict, dict]:
+  """(params, cfg) in our format from one hookpoint's folder of EleutherAI's sparsify
+  (`SparseCoder.save_to_disk`: cfg.json with d_in, k, activation, transcode,
+  skip_connection; sae.safetensors with encoder.weight [n_latents, d_in], encoder.bias
+  [n_latents], W_dec [n_latents, d_in], b_dec [d_in]).
+
+  sparsify's TopK SAE computes z = TopK_k(ReLU(encoder(x - b_dec))) and x_hat = W_dec^T z
+  + b_dec on raw activations, which is our topk with input_norm "none": W_enc =
+  encoder.weight^T, b_enc = encoder.bias, b_pre = b_dec.
+
+  Raises:
+    ConfigError: unreadable files, a transcoder, a skip connection, an activation other
+      than topk, or shapes that disagree with cfg.json.
+  """
+  cfg_path, w_path = os.path.join(path, SPARSIFY_CFG), os.path.join(path, SPARSIFY_WEIGHTS)
+  try:
+    with open(cfg_path, encoding="utf-8") as f:
+      sp = json.load(f)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ConfigError(f"{cfg_path} is not valid JSON ({type(e).__name__}); restore it from "
+                      "its source") from None
+  if not isinstance(sp, dict):
+    raise ConfigError(f"{cfg_path} holds a JSON {type(sp).__name__}, not a sparsify config object")
+  try:
+    w = {k: np.asarray(v, np.float32) for k, v in load_file(w_path).items()}
+  except Exception as e:  # pylint: disable=broad-except  # safetensors' SafetensorError, OSError
+    raise ConfigError(f"{w_path} is not a readable safetensors file ({type(e).__name__}); "
+                      "restore it from its source") from None
+  missing = [k for k in ("encoder.weight", "encoder.bias", "W_dec", "b_dec") if k not in w]
+  if missing:
+    raise ConfigError(f"{w_path} lacks {missing}; not sparsify weights (SparseCoder)")
+  for flag, what in (("transcode", "a transcoder"), ("skip_connection", "a skip connection")):
+    if sp.get(flag):
+      raise ConfigError(f"{cfg_path} is {what}, which sae_jax's SAEs cannot represent")
+  if sp.get("activation", "topk") != "topk":
+    raise ConfigError(f"{cfg_path} has activation {sp.get('activation')!r}; only sparsify's "
+                      "topk maps exactly to sae_jax")
+  n, d_in = w["encoder.weight"].shape
+  k = sp.get("k")
+  if (w["W_dec"].shape != (n, d_in) or w["b_dec"].shape != (d_in,)
+      or sp.get("d_in", d_in) != d_in):
+    raise ConfigError(f"{path!r}: cfg.json says d_in={sp.get('d_in')!r} and the weights are "
+                      f"encoder {n} x {d_in}, W_dec {tuple(w['W_dec'].shape)}; the config and "
+                      "weights do not belong together")
+  if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+    raise ConfigError(f"{cfg_path} has k={k!r}, which is not an integer in [1, {n}]; fix k")
+  params = {"W_enc": w["encoder.weight"].T.copy(), "b_enc": w["encoder.bias"],
+            "W_dec": w["W_dec"], "b_pre": w["b_dec"]}
+  cfg = _base_cfg("topk", d_in, n, "none", k=k,
+                  imported_from=f"sparsify:{os.path.abspath(path)}",
+                  hook_name=os.path.basename(os.path.normpath(path)))
+  return params, cfg
 
 
 # --------------------------------------------------------------------------- OpenAI
