@@ -28,30 +28,15 @@ from sae_jax.errors import ConfigError, StorageError
 from sae_jax.training import checkpoint
 from sweeps import plan as plan_lib
 
+import boundary_test  # the synthetic sweep both files drive
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-SWEEP = '''
-from sae_jax.config import default_config
-
-
-def get_config():
-  c = default_config()
-  c.name = "syn"
-  c.out_dir = {out!r}
-  c.data.source = "synthetic"
-  c.data.n_train_tokens = 4096
-  c.data.n_eval_tokens = 1024
-  c.sae.geometric_median_samples = 512
-  c.train.batch_size = 128
-  c.train.n_eval_points = 2
-  c.train.n_devices = 1
-  c.train.loggers = ()
-  return c
-
-
-def get_sweep():
-  return [{{"sae.n_latents": n, "sae.k": 4}} for n in (256, 1024)]
-'''
+# boundary_test's synthetic sweep, on one device, without TensorBoard, at two sizes whose
+# checkpoints differ enough to matter for the disk estimate
+SWEEP = (boundary_test.SWEEP
+         .replace("  return c\n", "  c.train.n_devices = 1\n  c.train.loggers = ()\n  return c\n", 1)
+         .replace("for n in (64, 128)", "for n in (256, 1024)"))
 N_STEPS = 4096 // 128  # the last step of each point: its final checkpoint
 
 

@@ -213,6 +213,25 @@ def write_export(params: dict, cfg: dict, out_dir: str) -> str:
   return out_dir
 
 
+def _read_foreign(cfg_path: str, w_path: str, library: str, dtype) -> tuple[dict, dict]:
+  """(config object, {name: array of `dtype`}) of another library's SAE folder, or a
+  one-line ConfigError naming the file that is not valid JSON / readable safetensors."""
+  try:
+    with open(cfg_path, encoding="utf-8") as f:
+      cfg = json.load(f)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ConfigError(f"{cfg_path} is not valid JSON ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0][:80]}); restore it from its source") from None
+  if not isinstance(cfg, dict):
+    raise ConfigError(f"{cfg_path} holds a JSON {type(cfg).__name__}, not a {library} config object")
+  try:
+    w = {k: np.asarray(v, dtype) for k, v in load_file(w_path).items()}
+  except Exception as e:  # pylint: disable=broad-except  # safetensors' SafetensorError, OSError
+    raise ConfigError(f"{w_path} is not a readable safetensors file ({type(e).__name__}); "
+                      "restore it from its source") from None
+  return cfg, w
+
+
 def _base_cfg(architecture: str, d_in: int, n_latents: int, input_norm: str, **kw) -> dict:
   cfg = {"format": 1, "architecture": architecture, "d_in": int(d_in),
          "n_latents": int(n_latents), "k": None, "sparsity_coefficient": None,
@@ -332,19 +351,7 @@ def read_saelens(path: str, norm_scale: float | None = None) -> tuple[dict, dict
   if not (os.path.isfile(cfg_path) and os.path.isfile(w_path)):
     raise ConfigError(f"{path!r} is not a SAELens directory: it needs {SAELENS_CFG} and "
                       f"{SAELENS_WEIGHTS}")
-  try:
-    with open(cfg_path, encoding="utf-8") as f:
-      sl = json.load(f)
-  except (ValueError, UnicodeDecodeError) as e:
-    raise ConfigError(f"{cfg_path} is not valid JSON ({type(e).__name__}: "
-                      f"{str(e).splitlines()[0][:80]}); restore it from its source") from None
-  if not isinstance(sl, dict):
-    raise ConfigError(f"{cfg_path} holds a JSON {type(sl).__name__}, not a SAELens config object")
-  try:
-    w = {k: np.asarray(v, np.float64) for k, v in load_file(w_path).items()}
-  except Exception as e:  # pylint: disable=broad-except  # safetensors' SafetensorError, OSError
-    raise ConfigError(f"{w_path} is not a readable safetensors file ({type(e).__name__}); "
-                      "restore it from its source") from None
+  sl, w = _read_foreign(cfg_path, w_path, "SAELens", np.float64)
   ours = sl.get("sae_jax") or {}
   meta = sl.get("metadata") or {}
   if "architecture" not in sl:
@@ -467,19 +474,7 @@ def read_sparsify(path: str) -> tuple[dict, dict]:
       than topk, or shapes that disagree with cfg.json.
   """
   cfg_path, w_path = os.path.join(path, SPARSIFY_CFG), os.path.join(path, SPARSIFY_WEIGHTS)
-  try:
-    with open(cfg_path, encoding="utf-8") as f:
-      sp = json.load(f)
-  except (ValueError, UnicodeDecodeError) as e:
-    raise ConfigError(f"{cfg_path} is not valid JSON ({type(e).__name__}); restore it from "
-                      "its source") from None
-  if not isinstance(sp, dict):
-    raise ConfigError(f"{cfg_path} holds a JSON {type(sp).__name__}, not a sparsify config object")
-  try:
-    w = {k: np.asarray(v, np.float32) for k, v in load_file(w_path).items()}
-  except Exception as e:  # pylint: disable=broad-except  # safetensors' SafetensorError, OSError
-    raise ConfigError(f"{w_path} is not a readable safetensors file ({type(e).__name__}); "
-                      "restore it from its source") from None
+  sp, w = _read_foreign(cfg_path, w_path, "sparsify", np.float32)
   missing = [k for k in ("encoder.weight", "encoder.bias", "W_dec", "b_dec") if k not in w]
   if missing:
     raise ConfigError(f"{w_path} lacks {missing}; not sparsify weights (SparseCoder)")
