@@ -137,6 +137,28 @@ def test_sweep_trains_every_point_without_a_cache(sweep, capsys):
   assert all(0 < v < 1 for v in final.values()), final
 
 
+def test_on_the_fly_records_equal_cache_then_train_on_the_same_rows(sweep, tmp_path):
+  """The issue's check: the same rows in the same order (the cache read through the
+  on-the-fly source's shuffle-buffer order, with its b_pre sample) train to the same
+  records, whether the rows come from the LM forward or from a harvested cache."""
+  _, _, base = sweep
+  c = base.copy_and_resolve_references()
+  c.data.cache_dir = str(tmp_path / "cache")
+  c.sae.n_latents, c.sae.k = 32, 4
+  src = on_the_fly.OnTheFlySource(c, False)
+  disk = c.copy_and_resolve_references()
+  disk.data.cache = "disk"
+  cache = harvest.get_or_harvest(disk, progress=False)
+  cache.order, cache.sample_rows = src.order, src.sample_rows
+  fly = trainer.train_many([c], src, [str(tmp_path / "fly")], progress=False)[0]
+  cached = trainer.train_many([disk], cache, [str(tmp_path / "disk")], progress=False)[0]
+  assert len(fly) == len(cached) == 3
+  for a, b in zip(fly, cached):
+    for key in ("tokens", "step", "flops", "normalized_mse", "mse", "l0", "dead_fraction",
+                "dense_fraction", "train_dead_fraction"):
+      assert a[key] == b[key], (key, a[key], b[key])
+
+
 def test_a_stopped_run_resumes_to_the_same_bits(sweep, tmp_path):
   """A run stops at step 53 (2nd epoch; last checkpoint at 48) and a fresh source (a
   relaunch) resumes it: records and parameters equal an uninterrupted run's, and the
