@@ -28,7 +28,7 @@ from sae_jax.errors import TrainingDivergedError
 from sae_jax.tools import export
 from sae_jax.training import distributed, tracking, trainer
 from sweeps import plan as plan_lib
-from sweeps.points import LOCKS, load_sweep, point_lock, prepare, run_id  # noqa: F401  (the launcher's API)
+from sweeps.points import load_sweep, lock_path, point_lock, prepare, run_id  # noqa: F401  (the launcher's API)
 from analysis import report
 
 
@@ -305,12 +305,12 @@ def write_results(out: str, results: list[dict], n_points: int, fit: bool, log=p
                   t0: float | None = None) -> str:
   """Write <out>/results.jsonl (atomically) and, if `fit`, the fits and plots.
 
-  Under a lock (<out>/.locks/results.lock), so processes sharing a sweep write one after
+  Under a lock (`sweeps.points.lock_path(out, "results")`), so processes sharing a sweep write one after
   the other; one that finds the same table written since it started (`t0`) by another
   process, with fits newer than it, leaves both as they are."""
   results_path = os.path.join(out, "results.jsonl")
   text = "".join(files.dumps_json(r, indent=None) + "\n" for r in results).encode()
-  with files.Lock(os.path.join(out, LOCKS, "results.lock")):
+  with files.Lock(lock_path(out, "results")):
     fits_path = os.path.join(out, "fits.json")
     if (t0 is not None and os.path.exists(results_path)
         and os.path.getmtime(results_path) >= t0 and _same_bytes(results_path, text)

@@ -152,11 +152,19 @@ def prepare(path: str, cli_overrides: dict | None = None, override_points: bool 
   return base, points, configs
 
 
-LOCKS = ".locks"  # <out_dir>/<name>/.locks/<run_id>.lock: held by the process training it
+LOCKS = ".locks"  # <out_dir>/.locks/<name>/<run_id>.lock: held by the process training it
+
+
+def lock_path(out: str, what: str) -> str:
+  """Where the lock `what` of the sweep directory `out` (= <out_dir>/<name>) lives:
+  <out_dir>/.locks/<name>/<what>.lock, beside the sweep's directory rather than in it, so
+  the sweep directory holds only its runs and results."""
+  out = os.path.abspath(out)
+  return os.path.join(os.path.dirname(out), LOCKS, os.path.basename(out), f"{what}.lock")
 
 
 def point_lock(out: str, rid: str) -> files.Lock:
   """The lock a process holds while it trains (and exports) run `rid` of the sweep
   directory `out` (`files.Lock`: released when the process ends, even on SIGKILL), so two
   `sae-jax sweep` or `train` processes never write the same checkpoints."""
-  return files.Lock(os.path.join(out, LOCKS, f"{rid}.lock"))
+  return files.Lock(lock_path(out, rid))

@@ -110,7 +110,7 @@ def test_a_point_held_by_a_killed_sweep_is_finished_by_the_relaunch(tmp_path):
   p = _start(path)
   deadline, held = time.time() + 600, None
   while time.time() < deadline and p.poll() is None and held is None:
-    locks = sweep_dir / ".locks"
+    locks = tmp_path / "runs" / ".locks" / "syn"
     for name in (os.listdir(locks) if locks.is_dir() else []):
       lock = files.Lock(locks / name)
       if name != "results.lock" and lock.holder() == str(p.pid) and not lock.acquire(False):
@@ -122,7 +122,7 @@ def test_a_point_held_by_a_killed_sweep_is_finished_by_the_relaunch(tmp_path):
   os.kill(p.pid, signal.SIGKILL)
   p.wait()
   assert not (sweep_dir / held / "records.json").exists()
-  lock = files.Lock(sweep_dir / ".locks" / f"{held}.lock")
+  lock = points.point_lock(str(sweep_dir), held)
   assert lock.acquire(blocking=False)  # the kernel released the killed holder's lock
   lock.release()
 
