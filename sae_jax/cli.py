@@ -94,6 +94,7 @@ def _train(args) -> None:
   from sae_jax.data import sources
   from sae_jax.training import trainer
   cfg = _config(args)
+  share_gpu_with_lm(cfg)  # before JAX's first use of a GPU
   config_lib.resolve(cfg)
   out = os.path.join(cfg.out_dir, cfg.name)
   files.check_writable(out)
@@ -125,9 +126,23 @@ def _train(args) -> None:
     lock.release()
 
 
+LM_GPU_SHARE = "0.5"  # JAX's share of a GPU it shares with the LM (data.cache="none")
+
+
+def share_gpu_with_lm(cfg) -> None:
+  """data.cache="none" runs the LM (torch) and the SAEs (JAX) in one process, on one GPU
+  where there is one. JAX preallocates 75% of a GPU's memory at its first use, which
+  leaves torch too little for the LM, so this gives JAX half (XLA_PYTHON_CLIENT_MEM_FRACTION
+  = LM_GPU_SHARE) unless the user set that variable. Effective only before JAX's first
+  use of the device: the CLI calls it right after reading the config. No effect on a CPU."""
+  if cfg.data.get("cache", "disk") == "none":
+    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", LM_GPU_SHARE)
+
+
 def _sweep(args) -> None:
   from sweeps import cluster, launch, plan  # heavy: torch, transformers
   overrides = _overrides(args)
+  share_gpu_with_lm(overrides_lib.apply(points.load_sweep(args.file)[0], overrides))
   params = cluster.parse_params(args.slurm)
   if args.dry_run:
     p = plan.plan(args.file, overrides, args.group_size, args.device_memory_gb,

@@ -205,3 +205,22 @@ def test_bad_cache_settings_say_what_to_change(sweep, capsys):
   c.data.cache, c.data.shuffle_block_rows = "none", 4096
   with pytest.raises(errors.ConfigError, match=r"with data.cache='none' a block is one LM batch"):
     config.validate(c)
+
+
+def test_jax_leaves_the_lm_half_the_gpu_unless_the_user_chose(sweep, monkeypatch):
+  """data.cache="none" shares one GPU between torch's LM and JAX's SAEs: the CLI caps JAX's
+  preallocation (75% by default) at half, and never overrides a value the user set."""
+  _, _, base = sweep
+  var = "XLA_PYTHON_CLIENT_MEM_FRACTION"
+  monkeypatch.setenv(var, "x")  # so that the teardown restores the variable's absence
+  monkeypatch.delenv(var)
+  c = base.copy_and_resolve_references()
+  c.data.cache = "disk"
+  cli.share_gpu_with_lm(c)
+  assert var not in os.environ
+  c.data.cache = "none"
+  cli.share_gpu_with_lm(c)
+  assert os.environ[var] == cli.LM_GPU_SHARE == "0.5"
+  monkeypatch.setenv(var, "0.3")
+  cli.share_gpu_with_lm(c)
+  assert os.environ[var] == "0.3"

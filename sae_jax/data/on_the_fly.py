@@ -24,7 +24,8 @@ the next buffer while training consumes the current one. Memory holds the token 
 (int32 [C, S]), the eval split's activations and up to four shuffle buffers (float32
 [B * P * shuffle_buffer_blocks, d_in] each: the stream's current and previous one, the
 next one being computed, and at the start the first one, kept from set-up). On a GPU, JAX
-preallocates most of its memory by default; leave the LM room (XLA_PYTHON_CLIENT_MEM_FRACTION). The normalisation statistics (`stats`) come
+preallocates 75% of its memory by default; the CLI caps it at half
+(XLA_PYTHON_CLIENT_MEM_FRACTION=0.5, `cli.share_gpu_with_lm`) unless it is set. The normalisation statistics (`stats`) come
 from the first shuffle buffer of epoch 0, not the whole split (computed at set-up with the
 LM batches of the runs' b_pre sample, and reused by the stream), so a data.cache="none" run
 differs from its cached twin in that constant (used only by sae.input_norm="mean_norm"),
