@@ -39,6 +39,8 @@ import numpy as np
 import scipy.optimize
 import scipy.stats
 
+_LOG_MAX = math.log(np.finfo(np.float64).max)  # exp overflows above this
+
 try:  # BLAS threads only slow down these tiny problems (10x on 2 cores): use one while fitting
   from threadpoolctl import threadpool_limits as _threadpool_limits
 except ImportError:  # pragma: no cover
@@ -600,8 +602,10 @@ def _fit_law(law, xs, y_P, u, mu, logy, starts, variables, huber_delta, n_bootst
       if p in law.linear_interval:  # E of L(N, D): on the linear scale, clipped at 0
         e = math.exp(v)
         ci95[p] = [max(0.0, e - t * e * s), e + t * e * s]
+      elif p in law.log_params:  # an interval beyond exp's range bounds nothing: none
+        ci95[p] = [math.exp(lo), math.exp(hi)] if max(lo, hi) < _LOG_MAX else None
       else:
-        ci95[p] = [math.exp(lo), math.exp(hi)] if p in law.log_params else [float(lo), float(hi)]
+        ci95[p] = [float(lo), float(hi)]
   if no_interval:
     no_interval = f"no interval: {no_interval}"
 
