@@ -6,7 +6,6 @@ resume step's shuffle buffer on."""
 
 import json
 import os
-import re
 
 import numpy as np
 import pytest
@@ -16,8 +15,7 @@ from sae_jax import cli, config, errors
 from sae_jax.data import batches, harvest, on_the_fly, sources
 from sae_jax.training import checkpoint, trainer
 
-_TEXT = ("HAMLET.\nWho is there? Speak, and thou shalt answer me.\n\n[Enter the KING and QUEEN.]\n\n"
-         "KING.\nThou art my son. Why dost thou weep? Let us go hence, for 7 days.\n\n")
+from suite_test import _TEXT, _tokenizer_dir  # the end-to-end tests' tiny corpus and tokenizer
 
 SWEEP = '''
 from sae_jax.config import default_config
@@ -44,18 +42,6 @@ def get_config():
 def get_sweep():
   return [{{"sae.n_latents": n, "sae.k": 4}} for n in (32, 64)]
 '''
-
-
-def _tokenizer_dir(path, corpus_text):
-  from tokenizers import Regex, Tokenizer, models, pre_tokenizers, decoders  # pylint: disable=import-outside-toplevel
-  from transformers import PreTrainedTokenizerFast  # pylint: disable=import-outside-toplevel
-  words = sorted(set(re.findall(r"\w+|[^\w\s]|\n| ", corpus_text)))
-  vocab = {"<unk>": 0, "<eos>": 1, **{w: i + 2 for i, w in enumerate(words)}}
-  tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-  tk.pre_tokenizer = pre_tokenizers.Split(Regex(r"\w+|[^\w\s]|\n| "), behavior="isolated")
-  tk.decoder = decoders.Fuse()
-  PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="<eos>").save_pretrained(path)
-  return len(vocab)
 
 
 @pytest.fixture(scope="module")
