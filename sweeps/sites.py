@@ -13,7 +13,7 @@ over its cache (18 SAEs in all).
 Run time, measured 2026-12-02 on the 2-core CPU while two other jobs (the test suite and a
 harvest) shared it: 27 min 50 s in all -- the one harvest of the nine caches (102,400 +
 8,192 tokens, SmolLM2 stopped after block 25) 14 min 21 s plus its eval split, the 18 SAEs
-in 9 passes (one per cache) ~10 min, fits and plots. Expect roughly half on a quiet CPU.
+in 9 passes (one per cache) ~11 min, fits and plots. Expect roughly half on a quiet CPU.
 Final held-out normalized MSE at k = 16 (dead-latent fraction in brackets):
 
     layer  site        n_latents 512   n_latents 2048
